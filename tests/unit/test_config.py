@@ -69,3 +69,16 @@ def test_standard_overrides():
     c = OptimizerConfig(lr=1e-3, decoupled_lr=5e-4, decoupled_min_lr=1e-5)
     overrides = get_standard_config_overrides(c)
     assert list(overrides.values()) == [{"wd_mult": 0.0}, {"max_lr": 5e-4, "min_lr": 1e-5}]
+
+
+def test_error_table_tool_refuses_every_row(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "errors.md"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(root / "tools" / "config_error_table.py"), "--write", str(out)], check=True, cwd=root)
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) >= 30
+    assert all("is not allowed; expected" in row for row in rows)
