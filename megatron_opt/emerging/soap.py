@@ -1,0 +1,242 @@
+"""SOAP (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"): Adam in Shampoo's eigenbasis.
+
+For a 2-D parameter with gradient ``G`` (m×n), step ``k`` = 1, 2, ...:
+
+    L2 (optional)  G ← G + λ·p                       (a copy: p.grad is untouched)
+    factors        L ← β_s·L + (1 − β_s)·G Gᵀ,   R ← β_s·R + (1 − β_s)·Gᵀ G
+    basis          k = 1:                 Q_L, Q_R = eigenvectors of L, R (eigh), largest eigenvalue first
+                   k > 1, k % f == 0:     refresh, see below
+    first moment   M ← β1·M + (1 − β1)·G             (original space)
+    second moment  G' = Q_Lᵀ G Q_R,   V ← β2·V + (1 − β2)·G'⊙G'   (eigenbasis coordinates)
+    direction      M' = Q_Lᵀ M Q_R,   U' = (M'/c1) / (sqrt(V/c2) + eps),   U = Q_L U' Q_Rᵀ
+                   (c1 = 1 − β1^k, c2 = 1 − β2^k with correct_bias, else 1)
+    clip           U ← U·min(1, max_update_rms / RMS(U))   when max_update_rms > 0
+    apply          p ← p·(1 − lr·λ) (decoupled decay), then p ← p − lr·U
+
+Choices worth knowing:
+
+* The factors are updated before the basis and the projection, so step 1 already takes a real step
+  (in the basis of its own gradient, where it is the orthogonalized-gradient step ``lr·sign`` of the
+  singular values). The authors' code instead refreshes the basis after the update; this order is
+  the one our config documents and tests.
+* The factors are not bias corrected: an EMA that starts at zero is off by a positive scalar only, and
+  neither eigenvectors, their order, nor a power-iteration step depend on a positive scale.
+* The first moment stays in the original space and is projected every step (the SOAP paper's
+  convention), so a basis change never has to rotate it, and its state has the parameter's shape.
+* Refresh (every ``precondition_frequency`` steps, on steps divisible by it, as in SOAP): estimate the
+  eigenvalues ``diag(Qᵀ F Q)`` in the old basis, reorder the old columns largest first, then
+  ``power_iter_steps`` times ``Q ← qr(F·Q).Q``. ``V`` is not rotated (a second moment of rotated
+  gradients cannot be recovered from element-wise squares); its rows/columns are permuted with the
+  basis columns, so each entry stays with the eigen-direction it was measured on, which one power
+  iteration moves only a little. Column signs do not matter: ``V`` is sign-free and ``M'`` and ``U'``
+  flip together.
+
+State per parameter (fp32, or fp64 for fp64 parameters): ``step``, ``exp_avg``, ``exp_avg_sq``, ``L``,
+``R``, ``Q_L``, ``Q_R``. Every hyperparameter is read from the param group at each step. Only 2-D
+parameters are accepted: the registry routes others to the scalar optimizer. A tensor-parallel shard
+is preconditioned as the local matrix it is (blockwise).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+from megatron_opt.errors import config_error
+
+_RMS_EPS = 1e-12
+
+
+def _gradient_of(p: torch.Tensor) -> Optional[torch.Tensor]:
+    """``main_grad`` (our DDP buffer) when the parameter has one, else ``grad``."""
+    g = getattr(p, "main_grad", None)
+    return g if g is not None else p.grad
+
+
+def _state_dtype(p: torch.Tensor) -> torch.dtype:
+    """fp32 statistics for low-precision parameters, fp64 kept for fp64 ones."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _check_hyperparameters(**hp) -> None:
+    if hp["lr"] < 0:
+        raise config_error("lr", hp["lr"], "a number >= 0")
+    betas = tuple(hp["betas"])
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise config_error("betas", hp["betas"], "two numbers in [0, 1)")
+    if not 0.0 <= hp["shampoo_beta"] < 1.0:
+        raise config_error("shampoo_beta", hp["shampoo_beta"], "a number in [0, 1)")
+    if hp["eps"] < 0:
+        raise config_error("eps", hp["eps"], "a number >= 0")
+    if hp["weight_decay"] < 0:
+        raise config_error("weight_decay", hp["weight_decay"], "a number >= 0")
+    freq = hp["precondition_frequency"]
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+        raise config_error("precondition_frequency", freq, "an integer >= 1")
+    if hp["max_update_rms"] < 0:
+        raise config_error("max_update_rms", hp["max_update_rms"], "a number >= 0 (0 = no clipping)")
+    steps = hp["power_iter_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise config_error("power_iter_steps", steps, "an integer >= 1")
+
+
+# ---- the pieces of one step (pure tensor functions) --------------------------------------------
+
+
+def eigenbasis(factor: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric factor as columns, largest eigenvalue first."""
+    _, vectors = torch.linalg.eigh(factor)
+    return vectors.flip(-1)
+
+
+def refresh_eigenbasis(factor: torch.Tensor, basis: torch.Tensor, steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Power iteration + QR from the old basis; returns (new basis, column order applied to the old one)."""
+    estimated = (basis * (factor @ basis)).sum(dim=0)  # diag(Qᵀ F Q) without forming Qᵀ F Q
+    order = torch.argsort(estimated, descending=True, stable=True)
+    q = basis[:, order]
+    for _ in range(steps):
+        q = torch.linalg.qr(factor @ q).Q
+    return q, order
+
+
+def clip_update_rms_(update: torch.Tensor, max_rms: float) -> None:
+    """Scale ``update`` down in place so its RMS is at most ``max_rms`` (no-op when 0); no host sync."""
+    if max_rms <= 0:
+        return
+    rms = update.square().mean().sqrt()
+    update.mul_((max_rms / (rms + _RMS_EPS)).clamp(max=1.0))
+
+
+class SOAP(torch.optim.Optimizer):
+    """Shampoo-preconditioned Adam for 2-D parameters; see the module docstring for the update."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        betas: Tuple[float, float] = (0.9, 0.95),
+        shampoo_beta: float = 0.95,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        use_decoupled_weight_decay: bool = True,
+        precondition_frequency: int = 1,
+        max_update_rms: float = 0.0,
+        correct_bias: bool = True,
+        power_iter_steps: int = 1,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            use_decoupled_weight_decay=use_decoupled_weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_update_rms=max_update_rms,
+            correct_bias=correct_bias,
+            power_iter_steps=power_iter_steps,
+        )
+        _check_hyperparameters(**defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Refuse non-matrices up front, naming the shape, rather than failing inside a matmul later."""
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.dim() != 2:
+                raise config_error(
+                    "param.ndim", p.dim(), f"2 (SOAP preconditions matrices; a parameter of shape {tuple(p.shape)} "
+                    "must go to the scalar optimizer)"
+                )
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def init_state(self) -> None:
+        """Create every parameter's state now (grad or not), so a checkpoint sees it before step 1."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state_of(p)
+
+    def _state_of(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            rows, cols = p.shape
+            kw = dict(dtype=_state_dtype(p), device=p.device)
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros(rows, cols, **kw)
+            state["exp_avg_sq"] = torch.zeros(rows, cols, **kw)
+            state["L"] = torch.zeros(rows, rows, **kw)
+            state["R"] = torch.zeros(cols, cols, **kw)
+            # Replaced by eigh on step 1; the identity keeps eagerly created state meaningful.
+            state["Q_L"] = torch.eye(rows, **kw)
+            state["Q_R"] = torch.eye(cols, **kw)
+        return state
+
+    # ---- step ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = _gradient_of(p)
+                if g is None:
+                    continue
+                self._update_param(p, g, self._state_of(p), group)
+        return loss
+
+    def _update_param(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        decoupled = group["use_decoupled_weight_decay"]
+        g = g.to(state["exp_avg"].dtype)
+        if wd != 0 and not decoupled:
+            g = g.add(p.to(g.dtype), alpha=wd)  # a new tensor: the model's gradient stays as it was
+        state["step"] += 1
+        k = int(state["step"].item())
+        self._update_factors(state, g, group["shampoo_beta"])
+        self._update_basis(state, k, group)
+        update = self._adam_direction(state, g, k, group)
+        clip_update_rms_(update, group["max_update_rms"])
+        if wd != 0 and decoupled:
+            p.mul_(1.0 - lr * wd)
+        p.add_(update.to(p.dtype), alpha=-lr)
+
+    @staticmethod
+    def _update_factors(state: dict, g: torch.Tensor, shampoo_beta: float) -> None:
+        state["L"].addmm_(g, g.T, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
+        state["R"].addmm_(g.T, g, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
+
+    @staticmethod
+    def _update_basis(state: dict, k: int, group: dict) -> None:
+        """In place, so whoever holds the state tensors (checkpoint views, sharding) sees the new basis."""
+        if k == 1:
+            state["Q_L"].copy_(eigenbasis(state["L"]))
+            state["Q_R"].copy_(eigenbasis(state["R"]))
+        elif k % group["precondition_frequency"] == 0:
+            steps = group["power_iter_steps"]
+            q_l, rows = refresh_eigenbasis(state["L"], state["Q_L"], steps)
+            q_r, cols = refresh_eigenbasis(state["R"], state["Q_R"], steps)
+            state["Q_L"].copy_(q_l)
+            state["Q_R"].copy_(q_r)
+            state["exp_avg_sq"].copy_(state["exp_avg_sq"][rows][:, cols])
+
+    @staticmethod
+    def _adam_direction(state: dict, g: torch.Tensor, k: int, group: dict) -> torch.Tensor:
+        """Adam in the eigenbasis, mapped back to the parameter's coordinates."""
+        beta1, beta2 = group["betas"]
+        q_l, q_r = state["Q_L"], state["Q_R"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(g, 1.0 - beta1)
+        g_rot = q_l.T @ g @ q_r
+        exp_avg_sq.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+        c1, c2 = (1.0 - beta1**k, 1.0 - beta2**k) if group["correct_bias"] else (1.0, 1.0)
+        denom = (exp_avg_sq / c2).sqrt_().add_(group["eps"])
+        u_rot = (q_l.T @ exp_avg @ q_r).div_(c1).div_(denom)
+        return q_l @ u_rot @ q_r.T
+
+
+__all__ = ["SOAP", "eigenbasis", "refresh_eigenbasis", "clip_update_rms_"]
