@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
-from megatron_opt.parallel import ProcessGroup, all_reduce, default_device, group_rank
+from megatron_opt.parallel import ProcessGroup, all_reduce, default_device, group_rank, group_size
 
 Grads = Union[torch.Tensor, Iterable[Optional[torch.Tensor]]]
 
@@ -72,14 +72,32 @@ def norm_from_powers(powers: Iterable[float], norm_type: float = 2.0) -> float:
 
 
 def get_grad_norm_fp32(grads: Grads, norm_type: float = 2.0, group: ProcessGroup = None) -> float:
-    """The p-norm of all gradients on all ranks of ``group`` (callers pass already-filtered grads)."""
-    return norm_from_powers([grad_norm_power_fp32(grads, norm_type, group)], norm_type)
+    """The p-norm of all gradients on all ranks of ``group`` (callers pass already-filtered grads).
+
+    Computed in fp32 as ``torch.nn.utils.get_total_norm`` does (the norm of the per-tensor norms),
+    and across ranks as the norm of the per-rank norms, so a single process matches torch bitwise.
+    """
+    grads = _as_list(grads)
+    norm_type = float(norm_type)
+    device = _stat_device(grads)
+    if grads:
+        local = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads, norm_type)]), norm_type)
+    else:
+        local = torch.zeros((), dtype=torch.float32, device=device)
+    if group_size(group) > 1:
+        per_rank = [torch.empty_like(local) for _ in range(group_size(group))]
+        dist.all_gather(per_rank, local, group=group)
+        local = torch.linalg.vector_norm(torch.stack(per_rank), norm_type)
+    return float(local.item())
 
 
 def clip_grad_by_total_norm_fp32(grads: Grads, max_norm: float, total_norm: float) -> None:
-    """Scale ``grads`` in place by ``max_norm / (total_norm + 1e-6)`` when that is below 1."""
+    """Scale ``grads`` in place by ``max_norm / (total_norm + 1e-6)`` when that is below 1.
+
+    The coefficient is formed in fp32 exactly as ``torch.nn.utils.clip_grad_norm_`` forms it.
+    """
     grads = _as_list(grads)
-    clip_coeff = float(max_norm) / (float(total_norm) + CLIP_EPSILON)
+    clip_coeff = (float(max_norm) / (torch.tensor(float(total_norm), dtype=torch.float32) + CLIP_EPSILON)).item()
     if grads and clip_coeff < 1.0:
         torch._foreach_mul_(grads, clip_coeff)
 

@@ -14,6 +14,8 @@ one global norm and one clipping decision).
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping as MappingABC
@@ -171,7 +173,9 @@ class MegatronOptimizer(ABC):
         if self.prepare_grads():
             return False, None, None
         grad_norm = self.get_grad_norm()
-        if grad_norm > self.config.grad_norm_skip_threshold:
+        # A non-finite norm (nan/inf gradient without a loss scaler to catch it) skips the update on
+        # every rank alike: the norm is reduced, so all ranks see the same value.
+        if not math.isfinite(grad_norm) or grad_norm > self.config.grad_norm_skip_threshold:
             return False, grad_norm, self.count_zeros() if self._logs_num_zeros() else None
         self._clip_grads_to(grad_norm)
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None
@@ -478,6 +482,9 @@ class ChainedOptimizer(MegatronOptimizer):
         return sum(child._grad_norm_power() for child in self.chained_optimizers)
 
     def get_grad_norm(self) -> float:
+        shared, group = self._shared_reduce_group()
+        if shared:
+            return get_grad_norm_fp32(self.get_grads_for_norm(), 2.0, group)
         return norm_from_powers([self._grad_norm_power()], 2.0)
 
     def _clip_grads_to(self, grad_norm: float) -> None:
