@@ -37,6 +37,7 @@ from megatron_opt.clip_grads import (
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.grad_scaler import MegatronGradScaler
 from megatron_opt.parallel import ProcessGroup, all_reduce, default_device
+from megatron_opt.skip_step import SkipStepDetector
 
 StepResult = Tuple[bool, Optional[float], Optional[float]]
 InitStateFn = Callable[[torch.optim.Optimizer], None]
@@ -112,6 +113,14 @@ class MegatronOptimizer(ABC):
         self.init_state_fn = init_state_fn
         self.grad_scaler: Optional[MegatronGradScaler] = None
         self._unit_loss_scale: Optional[torch.Tensor] = None
+        self.skip_detector: Optional[SkipStepDetector] = (
+            SkipStepDetector(config.skip_step_sigma, config.skip_step_window) if config.skip_step_sigma is not None else None
+        )
+        self._latest_loss: Optional[float] = None
+
+    def observe_loss(self, loss: Any) -> None:
+        """Give the step the reduced loss of this iteration (used by ``skip_step_sigma``)."""
+        self._latest_loss = float(loss)
 
     # ---- parameters and gradients ---------------------------------------------------------------
 
@@ -175,12 +184,22 @@ class MegatronOptimizer(ABC):
         grad_norm = self.get_grad_norm()
         # A non-finite norm (nan/inf gradient without a loss scaler to catch it) skips the update on
         # every rank alike: the norm is reduced, so all ranks see the same value.
-        if not math.isfinite(grad_norm) or grad_norm > self.config.grad_norm_skip_threshold:
+        if (
+            not math.isfinite(grad_norm)
+            or grad_norm > self.config.grad_norm_skip_threshold
+            or self._spike_detected(grad_norm)
+        ):
             return False, grad_norm, self.count_zeros() if self._logs_num_zeros() else None
         self._clip_grads_to(grad_norm)
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None
         updated = self.step_with_ready_grads()
         return updated, grad_norm, num_zeros
+
+    def _spike_detected(self, grad_norm: float) -> bool:
+        if self.skip_detector is None:
+            return False
+        loss, self._latest_loss = self._latest_loss, None
+        return self.skip_detector.should_skip(loss, grad_norm)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         _zero_grads(self.get_parameters(), set_to_none)
