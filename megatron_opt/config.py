@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from megatron_opt.deprecation import warn_once
 from megatron_opt.errors import ConfigError, config_error
 from megatron_opt.ns_coefficients import validate_coefficient_type
 from megatron_opt.optimizer_names import (
@@ -179,7 +180,13 @@ class OptimizerConfig:
     log_num_zeros_in_grad: bool = False
     """Count zero gradient entries every step."""
 
-    def __post_init__(self) -> None:
+    muon_use_nesterov: dataclasses.InitVar[Optional[bool]] = None
+    """Deprecated spelling of muon_nesterov (warns once); accepted at construction only."""
+
+    def __post_init__(self, muon_use_nesterov: Optional[bool]) -> None:
+        if muon_use_nesterov is not None:
+            warn_once("muon_use_nesterov", "OptimizerConfig(muon_use_nesterov=...) is deprecated; use muon_nesterov=...")
+            self.muon_nesterov = muon_use_nesterov
         _coerce_and_check_types(self)
         _validate(self)
 
@@ -199,7 +206,8 @@ class OptimizerConfig:
 
 
 def _field_types() -> Dict[str, Any]:
-    return typing.get_type_hints(OptimizerConfig)
+    hints = typing.get_type_hints(OptimizerConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(OptimizerConfig)}
 
 
 def _strip_optional(tp: Any) -> Tuple[Any, bool]:
