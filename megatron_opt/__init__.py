@@ -42,3 +42,13 @@ __all__ = [
     "get_megatron_optimizer",
     "get_standard_config_overrides",
 ]
+
+
+def __getattr__(name: str):
+    """Old top-level names still import, with one DeprecationWarning each (see megatron_opt/legacy.py)."""
+    import importlib
+
+    legacy = importlib.import_module("megatron_opt.legacy")
+    if name in legacy.LEGACY_NAMES:
+        return legacy.resolve(name)
+    raise AttributeError(f"module 'megatron_opt' has no attribute {name!r}")

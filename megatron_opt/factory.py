@@ -2,26 +2,38 @@
 
 1. parameter groups from the config plus overrides (the caller's dict is never mutated);
 2. one inner optimizer per optimizer name: standard (adam/sgd), emerging (registry), or a dotted path;
-3. each wrapped for precision (FP32Optimizer / Float16Optimizer);
+3. each wrapped for precision (FP32Optimizer / Float16Optimizer) and for sharding:
+   ``use_distributed_optimizer`` → DistributedOptimizer (ZeRO-1, elementwise optimizers);
+   ``use_layer_wise_distributed_optimizer`` → LayerWiseDistributedOptimizer for the emerging
+   optimizer, its scalar parameters → DistributedOptimizer over the same (all-reduced) DDP buffers;
 4. one child → it; several → a ChainedOptimizer with one global gradient norm.
+
+The sharded optimizers need the DDP grad buffers: as in Megatron-LM the model chunks passed in ARE
+``DistributedDataParallel`` wrappers (their ``buffers`` are read).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from megatron_opt.config import OptimizerConfig, ParamGroupOverride, ParamKey, get_standard_config_overrides
+from megatron_opt.distributed.ddp import DistributedDataParallel
+from megatron_opt.distributed.distrib_optimizer import DistributedOptimizer, dp_mp_group
+from megatron_opt.distributed.layer_wise import LayerWiseDistributedOptimizer
+from megatron_opt.deprecation import warn_once
 from megatron_opt.emerging.registry import get_emerging_optimizer_entry
 from megatron_opt.errors import ConfigError, config_error
 from megatron_opt.grad_scaler import build_grad_scaler
 from megatron_opt.optimizer import ChainedOptimizer, Float16Optimizer, FP32Optimizer, GradStatsGroups, MegatronOptimizer
 from megatron_opt.optimizer_names import LEGACY_DIST_PREFIX, STANDARD_OPTIMIZERS, is_dotted_path, is_emerging
+
+# Optimizers whose state is elementwise, so that byte-range (ZeRO-1) sharding is exact.
+ELEMENTWISE_OPTIMIZERS = frozenset({"adam", "sgd", "lion"})
 from megatron_opt.parallel import ProcessGroupCollection
 from megatron_opt.param_groups import build_param_groups, partition_by_optimizer
 from megatron_opt.standard import build_standard_optimizer
@@ -58,14 +70,16 @@ def get_megatron_optimizer(
     primary = config.emerging_name
     default_routes = get_emerging_optimizer_entry(primary).default_param_overrides(config) if is_emerging(primary) else {}
     groups = build_param_groups(model_chunks, config, overrides, default_routes)
+    ddp_chunks = _ddp_chunks_for_sharding(config, model_chunks)
 
     children: List[MegatronOptimizer] = []
     for name, name_groups in partition_by_optimizer(groups).items():
         child_config = config if name == primary else config.replace(optimizer=name, optimizer_kwargs=None if not is_dotted_path(name) else config.optimizer_kwargs)
-        children.append(_build_child(name, name_groups, child_config, config, pgs))
+        children.append(_build_child(name, name_groups, child_config, config, pgs, ddp_chunks, model_chunks))
     if not children:
         # A rank that holds no trainable parameter still takes part in every collective.
-        children.append(FP32Optimizer(None, config, _grad_stats(pgs)))
+        sharded = config.use_distributed_optimizer or config.use_layer_wise_distributed_optimizer
+        children.append(FP32Optimizer(None, config, _sharded_grad_stats(pgs) if sharded else _grad_stats(pgs)))
     if len(children) == 1:
         return children[0]
     return ChainedOptimizer(children, config=config)
@@ -76,10 +90,10 @@ def resolve_legacy_optimizer_name(config: OptimizerConfig) -> OptimizerConfig:
     if not config.optimizer.startswith(LEGACY_DIST_PREFIX):
         return config
     name = config.emerging_name
-    warnings.warn(
+    warn_once(
+        f"optimizer={config.optimizer}",
         f"optimizer={config.optimizer!r} is deprecated. Use optimizer={name!r} with use_layer_wise_distributed_optimizer=True.",
-        DeprecationWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     return config.replace(optimizer=name, use_layer_wise_distributed_optimizer=True, use_distributed_optimizer=False)
 
@@ -88,27 +102,79 @@ def _grad_stats(pgs: ProcessGroupCollection) -> GradStatsGroups:
     return GradStatsGroups(reduce_group=pgs.mp, tp_group=pgs.tp)
 
 
+def _sharded_grad_stats(pgs: ProcessGroupCollection) -> GradStatsGroups:
+    """Sharded optimizers hold disjoint pieces over DP: their statistics are summed over dp × mp."""
+    return GradStatsGroups(reduce_group=dp_mp_group(pgs), tp_group=pgs.tp)
+
+
+def _ddp_chunks_for_sharding(config: OptimizerConfig, model_chunks: Sequence[torch.nn.Module]) -> List[DistributedDataParallel]:
+    """The DDP wrappers whose grad buffers a sharded optimizer reads; checks how they reduce."""
+    if not (config.use_distributed_optimizer or config.use_layer_wise_distributed_optimizer):
+        return []
+    wrapped = [c for c in model_chunks if isinstance(c, DistributedDataParallel)]
+    if config.use_distributed_optimizer:
+        if len(wrapped) != len(model_chunks):
+            raise ConfigError(
+                "use_distributed_optimizer=True is not allowed with model chunks that are not DistributedDataParallel; "
+                "expected every chunk wrapped as DistributedDataParallel(module, DDPConfig(use_distributed_optimizer=True), pgs)"
+            )
+        for c in wrapped:
+            if not c.config.use_distributed_optimizer:
+                raise ConfigError(
+                    "use_distributed_optimizer=True is not allowed with DDPConfig(use_distributed_optimizer=False); "
+                    "expected the DDP wrapper built with DDPConfig(use_distributed_optimizer=True) so gradients are reduce-scattered"
+                )
+        return wrapped
+    # layer-wise: every rank needs full (all-reduced) gradients of the matrices it owns
+    for c in wrapped:
+        if c.config.use_distributed_optimizer:
+            raise ConfigError(
+                "use_layer_wise_distributed_optimizer=True is not allowed with DDPConfig(use_distributed_optimizer=True); "
+                "expected DDPConfig(use_distributed_optimizer=False): the layer-wise optimizer needs all-reduced gradients"
+            )
+    return wrapped if len(wrapped) == len(model_chunks) else []
+
+
 def _build_child(
     name: str,
     groups: List[Dict[str, Any]],
     child_config: OptimizerConfig,
     run_config: OptimizerConfig,
     pgs: ProcessGroupCollection,
+    ddp_chunks: Sequence[DistributedDataParallel] = (),
+    model_chunks: Sequence[torch.nn.Module] = (),
 ) -> MegatronOptimizer:
     if is_emerging(run_config.emerging_name) and run_config.fp16:
         raise ConfigError(
             f"fp16=True is not allowed with optimizer={run_config.optimizer!r}; expected bf16 or fp32 "
             "(emerging optimizers run without loss scaling)"
         )
+    if run_config.use_distributed_optimizer and not (name in ELEMENTWISE_OPTIMIZERS or is_dotted_path(name)):
+        raise ConfigError(
+            f"use_distributed_optimizer=True is not allowed with optimizer={name!r}; expected an optimizer with elementwise "
+            f"state ({', '.join(sorted(ELEMENTWISE_OPTIMIZERS))}); use use_layer_wise_distributed_optimizer=True for {name!r}"
+        )
     inner = build_inner_optimizer(name, groups, child_config, pgs)
-    grad_stats = _grad_stats(pgs)
-    if child_config.bf16 or child_config.fp16:
-        wrapped: MegatronOptimizer = Float16Optimizer(inner.optimizer, child_config, build_grad_scaler(child_config), grad_stats, inner.init_state_fn)
+    layer_wise = run_config.use_layer_wise_distributed_optimizer and name == run_config.emerging_name and is_emerging(name)
+    if layer_wise:
+        wrapped: MegatronOptimizer = LayerWiseDistributedOptimizer(
+            inner.optimizer, child_config, pgs.dp, _sharded_grad_stats(pgs), inner.init_state_fn, model_chunks)
+    elif ddp_chunks:
+        # ZeRO-1 (also for the layer-wise optimizer's scalar params, sliced from all-reduced grads)
+        wrapped = DistributedOptimizer(
+            inner.optimizer, child_config, ddp_chunks, build_grad_scaler(child_config),
+            _sharded_grad_stats(pgs), inner.init_state_fn)
     else:
-        wrapped = FP32Optimizer(inner.optimizer, child_config, grad_stats, inner.init_state_fn)
+        wrapped = _wrap_for_precision(inner, child_config, _grad_stats(pgs))
     if inner.init_state_fn is not None:
         wrapped.init_state()
     return wrapped
+
+
+def _wrap_for_precision(inner: "InnerOptimizer", child_config: OptimizerConfig, grad_stats: GradStatsGroups) -> MegatronOptimizer:
+    if child_config.bf16 or child_config.fp16:
+        return Float16Optimizer(inner.optimizer, child_config, build_grad_scaler(child_config), grad_stats, inner.init_state_fn)
+    return FP32Optimizer(inner.optimizer, child_config, grad_stats, inner.init_state_fn)
 
 
 def build_inner_optimizer(
