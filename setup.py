@@ -8,7 +8,8 @@ setup(
     packages=find_packages(include=["megatron_opt", "megatron_opt.*", "arguments", "arguments.*", "training", "training.*"]),
     install_requires=["torch>=2.9", "pyyaml>=6"],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "numpy"],
+        # lion-pytorch is an independent Lion implementation the tests compare against.
+        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "numpy", "lion-pytorch==0.2.5"],
         "plot": ["matplotlib>=3.7"],
         "te": ["transformer-engine[pytorch]"],
     },

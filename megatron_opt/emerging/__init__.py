@@ -28,3 +28,10 @@ __all__ = [
     "register_emerging_optimizer",
     "validate_coefficient_type",
 ]
+
+from megatron_opt.emerging.entries_lion_soap import register_lion_and_soap  # noqa: E402
+from megatron_opt.emerging.lion import Lion  # noqa: E402
+from megatron_opt.emerging.soap import SOAP  # noqa: E402
+
+register_lion_and_soap()
+__all__ += ["Lion", "SOAP"]

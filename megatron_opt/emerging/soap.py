@@ -1,35 +1,38 @@
 """SOAP (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"): Adam in Shampoo's eigenbasis.
 
-For a 2-D parameter with gradient ``G`` (m×n), step ``k`` = 1, 2, ...:
+For a 2-D parameter with gradient ``G`` (m×n), step ``k`` = 1, 2, ..., with the current bases Q_L, Q_R:
 
     L2 (optional)  G ← G + λ·p                       (a copy: p.grad is untouched)
-    factors        L ← β_s·L + (1 − β_s)·G Gᵀ,   R ← β_s·R + (1 − β_s)·Gᵀ G
-    basis          k = 1:                 Q_L, Q_R = eigenvectors of L, R (eigh), largest eigenvalue first
-                   k > 1, k % f == 0:     refresh, see below
     first moment   M ← β1·M + (1 − β1)·G             (original space)
     second moment  G' = Q_Lᵀ G Q_R,   V ← β2·V + (1 − β2)·G'⊙G'   (eigenbasis coordinates)
     direction      M' = Q_Lᵀ M Q_R,   U' = (M'/c1) / (sqrt(V/c2) + eps),   U = Q_L U' Q_Rᵀ
                    (c1 = 1 − β1^k, c2 = 1 − β2^k with correct_bias, else 1)
     clip           U ← U·min(1, max_update_rms / RMS(U))   when max_update_rms > 0
     apply          p ← p·(1 − lr·λ) (decoupled decay), then p ← p − lr·U
+    factors        L ← β_s·L + (1 − β_s)·G Gᵀ,   R ← β_s·R + (1 − β_s)·Gᵀ G
+    basis          k = 1:              Q_L, Q_R = eigenvectors of L, R (eigh), largest eigenvalue first
+                   k % f == 0, k > 1:  refresh by power iteration + QR (f = precondition_frequency)
 
 Choices worth knowing:
 
-* The factors are updated before the basis and the projection, so step 1 already takes a real step
-  (in the basis of its own gradient, where it is the orthogonalized-gradient step ``lr·sign`` of the
-  singular values). The authors' code instead refreshes the basis after the update; this order is
-  the one our config documents and tests.
+* The basis a step projects with never contains that step's own gradient (as in the authors' code and
+  Emerging-Optimizers). Step 1 therefore runs in the identity basis, i.e. it is a plain Adam step, and
+  the eigh basis built from ``L``, ``R`` at the end of step 1 is used from step 2 on. Projecting a
+  gradient into its own eigenbasis makes ``G'`` diagonal up to rounding noise, and Adam's
+  ``noise/(|noise| + eps)`` then turns that noise into ±1 entries of the update (in fp32 noise ≫ eps).
+* When the identity basis gives way to the first eigh basis, ``V`` (squares in the old coordinates)
+  is recomputed as ``(1 − β2)·(Q_Lᵀ G Q_R)²`` from step 1's gradient: the EMA it would hold had the
+  basis been in place from the start.
 * The factors are not bias corrected: an EMA that starts at zero is off by a positive scalar only, and
   neither eigenvectors, their order, nor a power-iteration step depend on a positive scale.
 * The first moment stays in the original space and is projected every step (the SOAP paper's
   convention), so a basis change never has to rotate it, and its state has the parameter's shape.
-* Refresh (every ``precondition_frequency`` steps, on steps divisible by it, as in SOAP): estimate the
-  eigenvalues ``diag(Qᵀ F Q)`` in the old basis, reorder the old columns largest first, then
-  ``power_iter_steps`` times ``Q ← qr(F·Q).Q``. ``V`` is not rotated (a second moment of rotated
-  gradients cannot be recovered from element-wise squares); its rows/columns are permuted with the
-  basis columns, so each entry stays with the eigen-direction it was measured on, which one power
-  iteration moves only a little. Column signs do not matter: ``V`` is sign-free and ``M'`` and ``U'``
-  flip together.
+* Refresh: estimate the eigenvalues ``diag(Qᵀ F Q)`` in the old basis, reorder the old columns largest
+  first, then ``power_iter_steps`` times ``Q ← qr(F·Q).Q``. ``V`` is not rotated (a second moment of
+  rotated gradients cannot be recovered from element-wise squares); its rows/columns are permuted with
+  the basis columns, so each entry stays with the eigen-direction it was measured on, which one power
+  iteration moves only a little. Column signs do not matter: ``V`` is sign-free and ``M'``, ``U'`` flip
+  together.
 
 State per parameter (fp32, or fp64 for fp64 parameters): ``step``, ``exp_avg``, ``exp_avg_sq``, ``L``,
 ``R``, ``Q_L``, ``Q_R``. Every hyperparameter is read from the param group at each step. Only 2-D
@@ -85,9 +88,12 @@ def _check_hyperparameters(**hp) -> None:
 
 
 def eigenbasis(factor: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of a symmetric factor as columns, largest eigenvalue first."""
-    _, vectors = torch.linalg.eigh(factor)
-    return vectors.flip(-1)
+    """Eigenvectors of a symmetric factor as columns, largest eigenvalue first (fp64 retry if fp32 eigh fails)."""
+    try:
+        _, vectors = torch.linalg.eigh(factor)
+    except torch.linalg.LinAlgError:
+        _, vectors = torch.linalg.eigh(factor.double())
+    return vectors.flip(-1).to(factor.dtype)
 
 
 def refresh_eigenbasis(factor: torch.Tensor, basis: torch.Tensor, steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +174,7 @@ class SOAP(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros(rows, cols, **kw)
             state["L"] = torch.zeros(rows, rows, **kw)
             state["R"] = torch.zeros(cols, cols, **kw)
-            # Replaced by eigh on step 1; the identity keeps eagerly created state meaningful.
+            # Step 1 runs in the identity basis; eigh replaces it at the end of step 1.
             state["Q_L"] = torch.eye(rows, **kw)
             state["Q_R"] = torch.eye(cols, **kw)
         return state
@@ -194,28 +200,33 @@ class SOAP(torch.optim.Optimizer):
         decoupled = group["use_decoupled_weight_decay"]
         g = g.to(state["exp_avg"].dtype)
         if wd != 0 and not decoupled:
-            g = g.add(p.to(g.dtype), alpha=wd)  # a new tensor: the model's gradient stays as it was
+            g = g + wd * p.to(g.dtype)  # a new tensor: the model's gradient stays as it was
         state["step"] += 1
         k = int(state["step"].item())
-        self._update_factors(state, g, group["shampoo_beta"])
-        self._update_basis(state, k, group)
         update = self._adam_direction(state, g, k, group)
         clip_update_rms_(update, group["max_update_rms"])
         if wd != 0 and decoupled:
             p.mul_(1.0 - lr * wd)
         p.add_(update.to(p.dtype), alpha=-lr)
+        self._update_factors(state, g, group["shampoo_beta"])
+        self._update_basis(state, g, k, group)
 
     @staticmethod
     def _update_factors(state: dict, g: torch.Tensor, shampoo_beta: float) -> None:
-        state["L"].addmm_(g, g.T, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
-        state["R"].addmm_(g.T, g, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
+        # Plain β·F + (1 − β)·(outer product): eigh's choice inside a degenerate eigenspace (a rectangular
+        # matrix's null space on step 1) depends on the last bit, so the arithmetic is kept unsurprising.
+        state["L"].mul_(shampoo_beta).add_((g @ g.T).mul_(1.0 - shampoo_beta))
+        state["R"].mul_(shampoo_beta).add_((g.T @ g).mul_(1.0 - shampoo_beta))
 
     @staticmethod
-    def _update_basis(state: dict, k: int, group: dict) -> None:
-        """In place, so whoever holds the state tensors (checkpoint views, sharding) sees the new basis."""
+    def _update_basis(state: dict, g: torch.Tensor, k: int, group: dict) -> None:
+        """The basis for the next step; in place, so holders of the state tensors see the new one."""
         if k == 1:
-            state["Q_L"].copy_(eigenbasis(state["L"]))
-            state["Q_R"].copy_(eigenbasis(state["R"]))
+            q_l, q_r = eigenbasis(state["L"]), eigenbasis(state["R"])
+            state["Q_L"].copy_(q_l)
+            state["Q_R"].copy_(q_r)
+            g_rot = q_l.T @ g @ q_r
+            state["exp_avg_sq"].copy_(g_rot.square_().mul_(1.0 - group["betas"][1]))
         elif k % group["precondition_frequency"] == 0:
             steps = group["power_iter_steps"]
             q_l, rows = refresh_eigenbasis(state["L"], state["Q_L"], steps)

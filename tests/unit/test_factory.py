@@ -201,3 +201,30 @@ def test_dotted_path_optimizer_and_bad_paths():
         get_megatron_optimizer(OptimizerConfig(lr=1e-3, optimizer="no_such_pkg.Opt"), [model])
     with pytest.raises(ConfigError, match="not_a_kwarg"):
         get_megatron_optimizer(OptimizerConfig(lr=1e-3, optimizer="torch.optim.RAdam", optimizer_kwargs={"not_a_kwarg": 1}), [model])
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (OptimizerConfig(optimizer="muon", lr=0.02), ["TensorParallelMuon", "AdamW"]),
+        (OptimizerConfig(optimizer="muon", lr=0.02, muon_scalar_optimizer="lion"), ["TensorParallelMuon", "Lion"]),
+        (OptimizerConfig(optimizer="soap", lr=0.02), ["SOAP", "AdamW"]),
+        (OptimizerConfig(optimizer="lion", lr=0.02), ["Lion"]),
+    ],
+)
+def test_emerging_routing_honours_muon_scalar_optimizer(config, expected):
+    model = TinyLM()
+    opt = get_megatron_optimizer(config, [model])
+    children = opt.chained_optimizers if isinstance(opt, ChainedOptimizer) else [opt]
+    assert [type(c.optimizer).__name__ for c in children] == expected
+    if len(children) == 2:
+        matrices = {n for n, p in model.named_parameters() if p.ndim == 2 and not getattr(p, "is_embedding_or_output", False)}
+        names = {n for g in children[0].param_groups for n in g["param_names"]}
+        assert names == matrices  # embedding/output and 1-D parameters went to the scalar optimizer
+        # State exists for every emerging parameter before the first step (checkpoints need it).
+        assert all(len(children[0].optimizer.state[p]) > 0 for g in children[0].param_groups for p in g["params"])
+
+
+def test_emerging_optimizers_refuse_fp16():
+    with pytest.raises(ConfigError, match="fp16=True is not allowed with optimizer='muon'"):
+        get_megatron_optimizer(OptimizerConfig(optimizer="muon", lr=0.02, fp16=True), [TinyLM().half()])
