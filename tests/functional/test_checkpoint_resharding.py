@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, WORKERS, run_torchrun
+from torchrun_helpers import REPO_ROOT, WORKERS, run_torchrun
 
 sys.path.insert(0, str(WORKERS))
 import ckpt_worker as worker  # noqa: E402

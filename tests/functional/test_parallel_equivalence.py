@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import WORKERS, run_torchrun
+from torchrun_helpers import WORKERS, run_torchrun
 
 pytestmark = pytest.mark.functional
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TinyLM
+from tiny_models import TinyLM
 from megatron_opt.checkpointing import (
     CheckpointError,
     load_checkpoint,
@@ -266,7 +266,7 @@ def test_a_save_that_fails_publishes_nothing(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {unit!r})
-    from conftest import TinyLM
+    from tiny_models import TinyLM
     from megatron_opt.checkpointing import save_checkpoint
     model = TinyLM()
     save_checkpoint({root!r}, 1, [model])

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import TinyLM, lm_loss
+from tiny_models import TinyLM, lm_loss
 from megatron_opt import ConfigError, OptimizerConfig, ParamKey, ParamPredicate
 from megatron_opt.factory import get_megatron_optimizer
 from megatron_opt.optimizer import ChainedOptimizer, Float16Optimizer, FP32Optimizer

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import TinyLM, lm_loss
+from tiny_models import TinyLM, lm_loss
 from megatron_opt import OptimizerConfig, get_megatron_optimizer
 from megatron_opt.deprecation import reset_for_tests
 from megatron_opt.emerging import TensorParallelMuon

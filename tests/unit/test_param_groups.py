@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import TinyLM
+from tiny_models import TinyLM
 from megatron_opt import ConfigError, OptimizerConfig, ParamKey, ParamPredicate, get_standard_config_overrides
 from megatron_opt.param_groups import build_param_groups, partition_by_optimizer
 

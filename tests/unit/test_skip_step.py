@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from conftest import TinyLM, lm_loss
+from tiny_models import TinyLM, lm_loss
 from megatron_opt import OptimizerConfig, get_megatron_optimizer
 from megatron_opt.skip_step import SkipStepDetector
 
