@@ -21,8 +21,7 @@ import torch.distributed as dist
 
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.distributed import DDPConfig, DistributedDataParallel
-from megatron_opt.distributed.distrib_optimizer import DistributedOptimizer, finish_param_sync
-from megatron_opt.distributed.layer_wise import LayerWiseDistributedOptimizer
+from megatron_opt.distributed.distrib_optimizer import finish_param_sync
 from megatron_opt.factory import get_megatron_optimizer
 from megatron_opt.optimizer import ChainedOptimizer
 from megatron_opt.parallel import ProcessGroupCollection, all_gather_concat
