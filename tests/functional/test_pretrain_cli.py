@@ -1,0 +1,114 @@
+"""training/pretrain_gpt.py end to end from the command line under real torchrun (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torchrun_helpers import REPO_ROOT, run_torchrun
+
+pytestmark = pytest.mark.functional
+
+SCRIPT = REPO_ROOT / "training" / "pretrain_gpt.py"
+TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+        "--micro-batch-size", "2", "--no-progress"]
+
+# Megatron-LM's training_log line: widths 8/8, 12, 5, 3, 3 and its number formats.
+LOG_LINE = re.compile(
+    r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration (?P<it>[ \d]{8})/(?P<total>[ \d]{8}) \|"
+    r" consumed samples: (?P<consumed>[ \d]{12}) \|"
+    r" elapsed time per iteration \(ms\): \d+\.\d \|"
+    r" learning rate: \d\.\d{6}E[+-]\d\d \|"
+    r" global batch size: (?P<gbs>[ \d]{5}) \|"
+    r" lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|"
+    r" loss scale: \d+\.\d \|"
+    r" grad norm: \d+\.\d{3} \|"
+    r" number of skipped iterations: (?P<skipped>[ \d]{3}) \|"
+    r" number of nan iterations: (?P<nan>[ \d]{3}) \|"
+    r" throughput \(tokens/s\): \d+\.\d \|$"
+)
+VALID_LINE = re.compile(r"^ validation loss at iteration (\d+) \| lm loss value: \d\.\d{6}E[+-]\d\d \| lm loss PPL: \d\.\d{6}E[+-]\d\d \| $")
+
+
+def _log_lines(stdout: str) -> list:
+    return [m for m in (LOG_LINE.match(line) for line in stdout.splitlines()) if m]
+
+
+def _train_records(path: Path) -> list:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*TINY, "--tensor-model-parallel-size", "2", "--optimizer", "muon", "--muon-fp32-matmul-prec", "highest",
+              "--lr", "1e-2", "--log-interval", "2", "--eval-interval", "3", "--eval-iters", "1",
+              "--save", str(run_dir), "--load", str(run_dir)]
+    out = run_torchrun(SCRIPT, 2, [*common, "--train-iters", "8", "--exit-interval", "4"], timeout=120).stdout
+
+    lines = _log_lines(out)
+    assert [int(m["it"]) for m in lines] == [2, 4], out
+    assert all(int(m["total"]) == 8 and int(m["gbs"]) == 2 and int(m["skipped"]) == 0 and int(m["nan"]) == 0 for m in lines)
+    assert [int(m["consumed"]) for m in lines] == [4, 8]
+    assert [int(m.group(1)) for m in map(VALID_LINE.match, out.splitlines()) if m] == [3]
+    assert (run_dir / "iter_0000004").is_dir() and (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    records = _train_records(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert set(records[0]) >= {"iteration", "loss", "lr", "grad_norm", "loss_scale", "num_zeros", "skipped", "tokens_per_sec"}
+    assert (run_dir / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Same command again: resumes from iteration 4 and finishes; the JSONL continues.
+    out = run_torchrun(SCRIPT, 2, [*common, "--train-iters", "8"], timeout=120).stdout
+    assert "loaded checkpoint" in out and "at iteration 4" in out
+    assert [int(m["it"]) for m in _log_lines(out)] == [6, 8]
+    assert "validation loss at the end of training for val data" in out
+    assert (run_dir / "iter_0000008").is_dir()
+    assert [r["iteration"] for r in _train_records(run_dir / "metrics.jsonl")] == list(range(1, 9))
+
+
+def test_dp2_distributed_optimizer_adam_loss_decreases(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    out = run_torchrun(SCRIPT, 2, [*TINY, "--optimizer", "adam", "--use-distributed-optimizer", "--lr", "3e-3",
+                                   "--train-iters", "20", "--log-interval", "5", "--eval-iters", "0",
+                                   "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120).stdout
+    lines = _log_lines(out)
+    assert [int(m["it"]) for m in lines] == [5, 10, 15, 20]
+    assert int(lines[-1]["gbs"]) == 4 and int(lines[-1]["consumed"]) == 80  # DP=2 x micro batch 2
+    losses = [r["loss"] for r in _train_records(metrics)]
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    assert (tmp_path / "p.png").is_file()
+
+
+def _launch(nproc: int, args: list) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(SCRIPT), *args]
+    return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_invalid_command_line_is_one_line_and_exit_2():
+    proc = _launch(2, [*TINY, "--lr", "1e-3", "--train-iters", "2", "--tensor-model-parallel-size", "3"])
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert errors == ["error: world size 2 is not allowed with --tensor-model-parallel-size=3 and "
+                      "--pipeline-model-parallel-size=1; expected a multiple of tp*pp=3"], proc.stderr
+    first_traceback = proc.stderr.find("Traceback")  # torchrun's own report of the failed child comes last
+    assert first_traceback == -1 or first_traceback > proc.stderr.index("error:"), proc.stderr
+    assert re.search(r"exitcode\s*:\s*2", proc.stderr), proc.stderr[-2000:]
+
+
+def test_max_skipped_steps_saves_and_exits_nonzero(tmp_path):
+    # A tiny grad-norm threshold skips every step: after 2 in a row the run saves and stops with code 3.
+    proc = _launch(1, [*TINY, "--lr", "1e-3", "--train-iters", "10", "--grad-norm-skip-threshold", "1e-9",
+                       "--max-skipped-steps", "2", "--log-interval", "1", "--save", str(tmp_path)])
+    assert re.search(r"exitcode\s*:\s*3", proc.stderr), proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 optimizer steps in a row were skipped" in errors[0] and "--max-skipped-steps=2" in errors[0]
+    assert (tmp_path / "iter_0000002").is_dir()
+    skipped = [int(m["skipped"]) for m in (LOG_LINE.match(line) for line in proc.stdout.splitlines()) if m]
+    assert skipped == [], "a fully skipped interval has no lm loss field (as Megatron-LM)"
+    assert "number of skipped iterations:   1 |" in proc.stdout
