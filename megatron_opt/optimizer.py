@@ -195,6 +195,14 @@ class MegatronOptimizer(ABC):
         updated = self.step_with_ready_grads()
         return updated, grad_norm, num_zeros
 
+    def _unscale_grads_and_update_scaler(self) -> bool:
+        """With a loss scaler: unscale the prepared grads, agree on found-inf over the reduce group."""
+        if self.grad_scaler is None:
+            return False
+        found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
+        self.grad_scaler.update(found_inf)
+        return found_inf
+
     def _spike_detected(self, grad_norm: float) -> bool:
         if self.skip_detector is None:
             return False
@@ -273,11 +281,7 @@ class FP32Optimizer(MegatronOptimizer):
             main_grad = getattr(p, "main_grad", None)
             if main_grad is not None:
                 p.grad = main_grad
-        if self.grad_scaler is None:
-            return False
-        found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
-        self.grad_scaler.update(found_inf)
-        return found_inf
+        return self._unscale_grads_and_update_scaler()
 
     def step_with_ready_grads(self) -> bool:
         if self.optimizer is not None:
@@ -368,11 +372,7 @@ class Float16Optimizer(MegatronOptimizer):
                 model_param.grad = None  # the fp32 copy is the one that is used from here on
             else:
                 main_param.grad = None
-        if self.grad_scaler is None:
-            return False
-        found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
-        self.grad_scaler.update(found_inf)
-        return found_inf
+        return self._unscale_grads_and_update_scaler()
 
     def step_with_ready_grads(self) -> bool:
         if self.optimizer is None:

@@ -44,7 +44,6 @@ from megatron_opt.optimizer import (
     GradStatsGroups,
     InitStateFn,
     MegatronOptimizer,
-    _unscale_and_find_inf,
     _zero_grads,
 )
 from megatron_opt.parallel import ProcessGroup, ProcessGroupCollection, group_rank, group_size
@@ -272,11 +271,7 @@ class DistributedOptimizer(MegatronOptimizer):
                 start, end = piece.range.param_range
                 grad = piece.model_param.grad.view(-1)[start:end]
             piece.shard.grad = None if grad is None else (grad if grad.dtype == torch.float32 else grad.float())
-        if self.grad_scaler is None:
-            return False
-        found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
-        self.grad_scaler.update(found_inf)
-        return found_inf
+        return self._unscale_grads_and_update_scaler()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         _zero_grads([p.shard for p in self.pieces], set_to_none)

@@ -20,14 +20,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from megatron_opt.errors import config_error
+from megatron_opt.emerging.grads import gradient_of as _gradient_of
 
 _Key = Tuple[torch.device, torch.dtype]
-
-
-def _gradient_of(p: torch.Tensor) -> Optional[torch.Tensor]:
-    """``main_grad`` (our DDP buffer) when the parameter has one, else ``grad``."""
-    g = getattr(p, "main_grad", None)
-    return g if g is not None else p.grad
 
 
 def _check_hyperparameters(lr: float, betas: Tuple[float, float], weight_decay: float) -> None:

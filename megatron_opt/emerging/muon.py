@@ -27,6 +27,7 @@ from megatron_opt.emerging.newton_schulz import fp32_matmul_precision, iteration
 from megatron_opt.errors import config_error
 from megatron_opt.ns_coefficients import Triple, coefficients_for_steps
 from megatron_opt.parallel import ProcessGroup, all_reduce, group_size
+from megatron_opt.emerging.grads import gradient_of
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,6 @@ def muon_scale_factor(rows: int, cols: int, scale_mode: str) -> float:
     if scale_mode == "shape_scaling":
         return math.sqrt(max(1.0, rows / cols))
     raise config_error("scale_mode", scale_mode, "one of " + ", ".join(SCALE_MODES))
-
-
-def gradient_of(p: torch.Tensor) -> Optional[torch.Tensor]:
-    """``main_grad`` (our DDP buffer) when the parameter has one, else ``grad``."""
-    g = getattr(p, "main_grad", None)
-    return g if g is not None else p.grad
 
 
 @dataclass(frozen=True)

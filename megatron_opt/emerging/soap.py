@@ -47,14 +47,9 @@ from typing import Iterable, Optional, Tuple
 import torch
 
 from megatron_opt.errors import config_error
+from megatron_opt.emerging.grads import gradient_of as _gradient_of
 
 _RMS_EPS = 1e-12
-
-
-def _gradient_of(p: torch.Tensor) -> Optional[torch.Tensor]:
-    """``main_grad`` (our DDP buffer) when the parameter has one, else ``grad``."""
-    g = getattr(p, "main_grad", None)
-    return g if g is not None else p.grad
 
 
 def _state_dtype(p: torch.Tensor) -> torch.dtype:
