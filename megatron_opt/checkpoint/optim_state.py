@@ -115,17 +115,26 @@ def _plain_named_state(leaf: Any) -> NamedState:
     return out
 
 
+def algorithm_name(leaf: Any) -> str:
+    """The class of the torch optimizer doing the math under any of our wrappers.
+
+    A checkpoint records this name, not the wrapper's, so a ZeRO / layer-wise checkpoint and a plain
+    one of the same algorithm are interchangeable (the wrappers differ only in where state lives).
+    """
+    inner = getattr(leaf, "optimizer", None)
+    return type(inner).__name__ if inner is not None else type(leaf).__name__
+
+
 def optimizer_summary(optimizer: Any) -> Dict[str, Dict[str, Any]]:
     """JSON-safe facts per parameter name: optimizer class, state keys and kinds, group settings."""
     out: Dict[str, Dict[str, Any]] = {}
     for leaf in leaf_optimizers(optimizer):
+        cls = algorithm_name(leaf)
         if isinstance(leaf, ShardedStateOptimizer):
             for name, entry in leaf.sharded_named_state().items():
-                out[name] = {"optimizer": type(leaf).__name__, "state": {k: "tensor" for k in entry if k != MAIN_PARAM_KEY},
+                out[name] = {"optimizer": cls, "state": {k: "tensor" for k in entry if k != MAIN_PARAM_KEY},
                              "main_param": MAIN_PARAM_KEY in entry, "group": {}}
             continue
-        inner = getattr(leaf, "optimizer", None)
-        cls = type(inner).__name__ if inner is not None else type(leaf).__name__
         state = leaf.state
         for name, p, group, model_p in _named_params(leaf):
             kinds = {}

@@ -1,6 +1,7 @@
-"""Checkpoints of the sharded optimizers at DP=2 (torchrun, gloo, CPU).
+"""Checkpoints at DP=2 and TP=2 (torchrun, gloo, CPU).
 
-Launch 1 trains each case (ZeRO-1 Adam fp32 and bf16, layer-wise Muon) for 6 steps uninterrupted, and again for 3
+Launch 1 trains each case (ZeRO-1 Adam fp32 and bf16, layer-wise Muon, DDP with plain Adam and Muon,
+TP=2 Muon) for 6 steps uninterrupted, and again for 3
 steps ending in a checkpoint. Launch 2, a new set of processes, loads that checkpoint into a fresh
 model and optimizer and trains steps 3..5: losses and final parameters must equal the uninterrupted
 run bitwise. Here, in one process, the DP=2 checkpoints are loaded into plain (non-distributed)
@@ -21,7 +22,6 @@ sys.path.insert(0, str(WORKERS))
 import ckpt_distopt_worker as worker  # noqa: E402
 
 from megatron_opt.checkpoint import (  # noqa: E402
-    CheckpointError,
     load_checkpoint,
     model_key,
     named_optimizer_state,
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt_distopt")
     first = run_torchrun(WORKER, 2, ["--mode", "first", "--root", root], timeout=60)
     single = ProcessGroupCollection.single_process()
-    for case in worker.CASES:
+    for case in worker.SHARDED_CASES:
         model, opt = worker.build(case, single, distributed=False)
         worker.train(model, opt, single, 0, PLAIN_STEPS)
         save_checkpoint(root / f"{case}_plain_ckpt", PLAIN_STEPS, [model], opt, args={"case": case})
@@ -86,21 +86,13 @@ def _check_plain_against_checkpoint(path, model, opt, required_keys):
     return n, seen
 
 
-# Both resharding directions are refused by load_checkpoint before any tensor is read:
-# megatron_opt/checkpoint/core.py::_state_to_load compares optimizer_summary()'s "optimizer" names, and
-# optimizer_state.py::optimizer_summary names a ShardedStateOptimizer leaf by its wrapper class
-# (DistributedOptimizer / LayerWiseDistributedOptimizer) but a plain leaf by its inner class (AdamW /
-# TensorParallelMuon). strict: remove these marks once the library is fixed.
-CLASS_NAME_BUG = pytest.mark.xfail(strict=True, reason="core.py _state_to_load: optimizer class name "
-                                   "'DistributedOptimizer'/'LayerWiseDistributedOptimizer' != 'AdamW'/'TensorParallelMuon'")
 # continuing in one process vs the DP=2 run: same global batches, different reduction order
 TOLERANCE = {"adam": dict(rtol=0, atol=1e-5), "adam_bf16": dict(rtol=0, atol=2e-2), "muon": dict(rtol=0, atol=1e-3)}
 REQUIRED = {"adam": ("exp_avg", "exp_avg_sq"), "adam_bf16": ("exp_avg", "exp_avg_sq", "main_param"),
             "muon": ("momentum_buffer", "exp_avg", "exp_avg_sq")}
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError, reason=CLASS_NAME_BUG.kwargs["reason"])
-@pytest.mark.parametrize("case", worker.CASES)
+@pytest.mark.parametrize("case", worker.SHARDED_CASES)
 def test_dp2_checkpoint_loads_into_a_plain_single_process_optimizer(runs, case):
     root, _ = runs
     single = ProcessGroupCollection.single_process()
@@ -117,8 +109,7 @@ def test_dp2_checkpoint_loads_into_a_plain_single_process_optimizer(runs, case):
         torch.testing.assert_close(p.detach().float(), full["params"][name].float(), **TOLERANCE[case], msg=name)
 
 
-@CLASS_NAME_BUG
-@pytest.mark.parametrize("case", worker.CASES)
+@pytest.mark.parametrize("case", worker.SHARDED_CASES)
 def test_plain_checkpoint_loads_into_the_dp2_sharded_optimizer(runs, case):
     _, out = runs
     assert out.count(f"PLAIN_TO_DIST_OK {case} ") == 2, out[-3000:]

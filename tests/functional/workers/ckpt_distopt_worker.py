@@ -1,7 +1,8 @@
 """torchrun worker (2 ranks, DP=2, gloo, CPU): checkpoints of the sharded optimizers.
 
-Cases: ``adam`` (ZeRO-1 DistributedOptimizer, fp32), ``adam_bf16`` (ZeRO-1 with bf16 parameters and
-fp32 main shards) and ``muon`` (LayerWiseDistributedOptimizer).
+Cases at DP=2: ``adam`` (ZeRO-1 DistributedOptimizer, fp32), ``adam_bf16`` (ZeRO-1 with bf16 parameters
+and fp32 main shards), ``muon`` (LayerWiseDistributedOptimizer), ``adam_ddp`` and ``muon_ddp`` (DDP with
+the plain, replicated optimizer); at TP=2 (DP=1): ``muon_tp2`` (tensor-parallel Muon, duplicated mode).
 
 ``--mode first``: per case, an uninterrupted run of STEPS steps (rank 0 writes its losses and final
 parameters to ``<root>/<case>_full.pt``), then a fresh run of SPLIT steps that saves a checkpoint to
@@ -45,11 +46,20 @@ STEPS = 6
 SPLIT = 3
 MICRO_PER_GLOBAL = 2
 MODEL = GPTConfig(hidden_size=32, num_layers=2, num_attention_heads=4, seq_length=SEQ, tie_embeddings=False)
-CASES = ("adam", "adam_bf16", "muon")
+SHARDED_CASES = ("adam", "adam_bf16", "muon")
+"""Cases whose DP=2 optimizer shards its state (their checkpoints also load into a plain optimizer)."""
+CASES = SHARDED_CASES + ("adam_ddp", "muon_ddp", "muon_tp2")
+TP_SIZE = {"muon_tp2": 2}
+
+
+def case_groups(case: str) -> ProcessGroupCollection:
+    """The case's layout over the launch's ranks (a collective: every rank calls it for every case)."""
+    return ProcessGroupCollection.initialize(TP_SIZE.get(case, 1), 1)
 
 
 def opt_config(case: str, distributed: bool) -> OptimizerConfig:
-    """Clipping off: the runs are compared bitwise."""
+    """Clipping off: the runs are compared bitwise. ``distributed``: the case's sharded optimizer."""
+    distributed = distributed and case in SHARDED_CASES
     if case.startswith("adam"):
         return OptimizerConfig(optimizer="adam", lr=3e-3, weight_decay=0.01, clip_grad=0.0, bf16=(case == "adam_bf16"),
                                use_distributed_optimizer=distributed)
@@ -61,8 +71,9 @@ def build(case: str, pgs: ProcessGroupCollection, distributed: bool = True, seed
     dtype = torch.bfloat16 if case == "adam_bf16" else torch.float32
     gpt = GPT(dataclasses.replace(MODEL, seed=seed, params_dtype=dtype), pgs)
     if distributed:
-        # ZeRO-1 needs DDP with sharded buffers; the layer-wise optimizer needs plain all-reduce DDP
-        model = DistributedDataParallel(gpt, DDPConfig(use_distributed_optimizer=case.startswith("adam")), pgs)
+        # ZeRO-1 needs DDP with sharded buffers; the layer-wise and plain optimizers need all-reduce DDP
+        zero = case in ("adam", "adam_bf16")
+        model = DistributedDataParallel(gpt, DDPConfig(use_distributed_optimizer=zero), pgs)
     else:
         model = gpt
     return model, get_megatron_optimizer(opt_config(case, distributed), [model], pg_collection=pgs)
@@ -99,48 +110,61 @@ def log(msg: str) -> None:
     print(f"[rank {dist.get_rank()}] {msg}", flush=True)
 
 
-def mode_first(root: str, pgs: ProcessGroupCollection) -> None:
+def mode_first(root: str) -> None:
     for case in CASES:
+        pgs = case_groups(case)
         model, opt = build(case, pgs)
         losses = train(model, opt, pgs, 0, STEPS)
-        if pgs.dp_rank == 0:
+        if dist.get_rank() == 0:
             torch.save({"losses": losses, "params": params_of(model)}, os.path.join(root, f"{case}_full.pt"))
         model, opt = build(case, pgs)
         losses = train(model, opt, pgs, 0, SPLIT)
         save_checkpoint(os.path.join(root, f"{case}_ckpt"), SPLIT, [model], opt, pg_collection=pgs,
                         args={"case": case}, consumed_train_samples=SPLIT * 4)
-        if pgs.dp_rank == 0:
+        if dist.get_rank() == 0:
             torch.save({"losses": losses, "params": params_of(model)}, os.path.join(root, f"{case}_first.pt"))
         log(f"FIRST_OK {case} losses={losses}")
 
 
-def check_against_checkpoint(path: str, model, opt) -> int:
+def tp_slice(full: torch.Tensor, param: torch.Tensor, pgs: ProcessGroupCollection) -> torch.Tensor:
+    """This rank's tensor-parallel part of a global-shape checkpoint tensor."""
+    if pgs.tp_size > 1 and getattr(param, "tensor_model_parallel", False) and full.dim() > 0:
+        return full.chunk(pgs.tp_size, dim=param.partition_dim)[pgs.tp_rank]
+    return full
+
+
+def check_against_checkpoint(path: str, model, opt, pgs: ProcessGroupCollection) -> int:
     """Parameters and the (gathered) optimizer state equal the checkpoint's full tensors, bitwise."""
     _, full = read_full_checkpoint(path)
+    params = dict(model.named_parameters())
     n = 0
-    for name, p in model.named_parameters():
-        assert torch.equal(p.detach(), full[model_key(name)]), f"model {name} differs from {path}"
+    for name, p in params.items():
+        assert torch.equal(p.detach(), tp_slice(full[model_key(name)], p, pgs)), f"model {name} differs from {path}"
         n += 1
     for name, entry in named_optimizer_state(opt).items():
         for key, t in entry.items():
             expected = full.get(optimizer_key(name, key))
             assert expected is not None, f"{name}/{key} is not in {path}"
+            expected = tp_slice(expected, params[name], pgs) if t.dim() > 0 else expected
             assert torch.equal(t.cpu(), expected), f"optimizer {name}/{key} differs from {path}"
             n += 1
     return n
 
 
-def mode_resume(root: str, pgs: ProcessGroupCollection) -> None:
+def mode_resume(root: str) -> None:
     for case in CASES:
+        pgs = case_groups(case)
         # another init seed: only a working load makes this model equal to the saved one
         model, opt = build(case, pgs, seed=4321)
         loaded = load_checkpoint(os.path.join(root, f"{case}_ckpt"), [model], opt, pg_collection=pgs)
         assert loaded is not None and loaded.loaded_optimizer and loaded.iteration == SPLIT, loaded
-        n = check_against_checkpoint(loaded.path, model, opt)
+        n = check_against_checkpoint(loaded.path, model, opt, pgs)
         losses = train(model, opt, pgs, loaded.iteration, STEPS)
-        if pgs.dp_rank == 0:
+        if dist.get_rank() == 0:
             torch.save({"losses": losses, "params": params_of(model)}, os.path.join(root, f"{case}_resumed.pt"))
         log(f"RESUME_OK {case} tensors={n} rng={loaded.loaded_rng} losses={losses}")
+        if case not in SHARDED_CASES:
+            continue
 
         # single-process plain checkpoint -> DP=2 sharded optimizer
         plain = os.path.join(root, f"{case}_plain_ckpt")
@@ -151,7 +175,7 @@ def mode_resume(root: str, pgs: ProcessGroupCollection) -> None:
             log(f"PLAIN_TO_DIST_FAIL {case} {exc}")
             continue
         assert loaded is not None and loaded.loaded_optimizer, loaded
-        n = check_against_checkpoint(loaded.path, model, opt)
+        n = check_against_checkpoint(loaded.path, model, opt, pgs)
         losses = train(model, opt, pgs, loaded.iteration, loaded.iteration + 1)
         assert all(torch.isfinite(torch.tensor(losses))), losses
         log(f"PLAIN_TO_DIST_OK {case} tensors={n}")
@@ -163,12 +187,11 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     args = parser.parse_args()
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    pgs = ProcessGroupCollection.initialize(1, 1)
-    assert pgs.dp_size == 2, pgs.dp_size
+    assert dist.get_world_size() == 2, dist.get_world_size()
     if args.mode == "first":
-        mode_first(args.root, pgs)
+        mode_first(args.root)
     else:
-        mode_resume(args.root, pgs)
+        mode_resume(args.root)
     dist.barrier()
     dist.destroy_process_group()
 
