@@ -3,7 +3,9 @@
 One 2-rank launch runs the chain single → DP=2 → TP=2 (save) → TP=1,DP=2 (save) → PP=2 (save) → TP=2;
 every load is compared bitwise, by parameter name, with the full tensors read back from the
 checkpoint, and every save with the in-memory state gathered over TP. Here, in one process, the
-DP=2 and PP=2 checkpoints are loaded again (DP 2→1, PP 2→1). A second launch SIGKILLs one rank in
+DP=2, PP=2 and TP=2 checkpoints are loaded again (DP 2→1, PP 2→1, TP 2→1), and a 4-rank launch loads the
+single-process checkpoint at DP=4 and TP=2×DP=2 (DP 1→4). After every load the loading layout
+trains the steps the saving layout trained after its save, with the same losses. A second launch SIGKILLs one rank in
 the middle of a save: the previous checkpoint still loads and ``latest`` still points at it.
 """
 
@@ -35,6 +37,7 @@ def reshard_root(tmp_path_factory):
     model, optimizer = worker.build(pgs)
     worker.train(model, optimizer, pgs, 4)
     save_checkpoint(root / "single", 4, [model], optimizer, args={"tp": 1, "pp": 1})
+    worker.continue_after_save(str(root), "single", model, optimizer, pgs, first_step=4)
     proc = run_torchrun(WORKER, 2, ["--plan", "reshard", "--root", root], timeout=90)
     return root, proc.stdout
 
@@ -57,8 +60,16 @@ def test_one_process_loads_two_rank_checkpoints_and_trains_on(reshard_root, save
     assert loaded.iteration == iteration and loaded.args["tp"] in (1, 2)
     assert not loaded.loaded_rng  # a different layout: RNG states are not restored (with a warning)
     assert worker.check_equal_to_checkpoint(loaded.path, model, optimizer, pgs) == 112
-    loss = worker.train(model, optimizer, pgs, 2, first_step=iteration)
-    assert torch.isfinite(torch.tensor(loss))
+    # one process trains on with the losses the two-rank layout had after its save
+    losses = worker.check_continuation(str(root), saved_as, model, optimizer, pgs)
+    assert len(losses) == worker.CONTINUE_STEPS
+
+
+def test_four_ranks_load_a_single_process_checkpoint_at_dp4_and_tp2_dp2(reshard_root):
+    root, _ = reshard_root
+    out = run_torchrun(WORKER, 4, ["--plan", "wide", "--root", root], timeout=120).stdout
+    for layout in ("tp=1 pp=1 dp=4", "tp=2 pp=1 dp=2"):
+        assert sum("LOAD_OK src=single" in l and layout in l for l in out.splitlines()) == 4, out[-3000:]
 
 
 def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):

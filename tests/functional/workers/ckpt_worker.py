@@ -7,15 +7,19 @@ each load reading the previous layout's checkpoint::
     tp2 → TP=1,DP=2 → save dp2 → PP=2 → save pp2 → TP=2 (check only)
 
 "check" = every local parameter and optimizer-state tensor equals the matching slice of the full
-tensor read back from the checkpoint (``read_full_checkpoint``), and the checkpoint written by a
-layout equals that layout's in-memory state gathered over TP. ``--plan kill`` (2 ranks): save
-iteration 1, then rank 1 SIGKILLs itself in the middle of saving iteration 2.
+tensor read back from the checkpoint (``read_full_checkpoint``), the checkpoint written by a
+layout equals that layout's in-memory state gathered over TP, and the loading layout trains the
+next steps with the losses the saving layout had for them (``check_continuation``).
+``--plan wide`` (4 ranks): the single-process checkpoint loads at DP=4 and at TP=2×DP=2.
+``--plan kill`` (2 ranks): save iteration 1, then rank 1 SIGKILLs itself in the middle of saving
+iteration 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import signal
@@ -61,17 +65,54 @@ def microbatches(step: int, n: int = 2) -> List[Tuple[torch.Tensor, torch.Tensor
     return [(torch.randint(0, VOCAB, (2, SEQ), generator=g), torch.randint(0, VOCAB, (2, SEQ), generator=g)) for _ in range(n)]
 
 
-def train(model, optimizer, pgs: ProcessGroupCollection, steps: int, first_step: int = 0) -> float:
-    loss = float("nan")
+def train_losses(model, optimizer, pgs: ProcessGroupCollection, steps: int, first_step: int = 0) -> List[float]:
+    """Steps ``first_step ..``; every DP rank sees the same micro-batches, so any layout trains the same math."""
+    losses = []
     for s in range(first_step, first_step + steps):
         optimizer.zero_grad()
-        loss = forward_backward(model, microbatches(s), pgs).loss
+        losses.append(forward_backward(model, microbatches(s), pgs).loss)
         for p in model.parameters():
             if p.grad is not None and pgs.dp_size > 1:
                 all_reduce(p.grad, pgs.dp)
                 p.grad /= pgs.dp_size
         optimizer.step()
-    return loss
+    return losses
+
+
+def train(model, optimizer, pgs: ProcessGroupCollection, steps: int, first_step: int = 0) -> float:
+    return train_losses(model, optimizer, pgs, steps, first_step)[-1]
+
+
+CONTINUE_STEPS = 2
+"""After each save the saving layout trains this many more steps; every layout that loads the
+checkpoint must train those steps with the same losses (``LOSS_RTOL``: the layouts reduce in
+different orders)."""
+LOSS_RTOL = 1e-5
+
+
+def continuation_file(root: str, saved_as: str) -> str:
+    return os.path.join(root, f"{saved_as}_continuation.json")
+
+
+def continue_after_save(root: str, saved_as: str, model, optimizer, pgs: ProcessGroupCollection, first_step: int) -> List[float]:
+    """What the saving layout does next; rank 0 writes it for the layouts that load the checkpoint."""
+    losses = train_losses(model, optimizer, pgs, CONTINUE_STEPS, first_step)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with open(continuation_file(root, saved_as), "w") as f:
+            json.dump({"first_step": first_step, "losses": losses}, f)
+    if dist.is_initialized():
+        dist.barrier()
+    return losses
+
+
+def check_continuation(root: str, saved_as: str, model, optimizer, pgs: ProcessGroupCollection) -> List[float]:
+    """Train the saving layout's next steps from the loaded state; the losses must match its own."""
+    with open(continuation_file(root, saved_as)) as f:
+        expected = json.load(f)
+    losses = train_losses(model, optimizer, pgs, len(expected["losses"]), expected["first_step"])
+    for got, want in zip(losses, expected["losses"]):
+        assert math.isclose(got, want, rel_tol=LOSS_RTOL), f"after loading {saved_as}: losses {losses} != {expected['losses']}"
+    return losses
 
 
 def _slice(full: torch.Tensor, param: torch.Tensor, pgs: ProcessGroupCollection) -> torch.Tensor:
@@ -126,6 +167,7 @@ def plan_reshard(root: str, bf16: bool) -> None:
         (1, 2, "pp2", 14),
         (2, 1, None, None),
     ]
+    src_name = "single"
     for tp, pp, save_as, iteration in chain:
         pgs = ProcessGroupCollection.initialize(tp, pp)
         torch.manual_seed(123)  # a fresh model differs from the checkpoint only if loading fails
@@ -133,17 +175,31 @@ def plan_reshard(root: str, bf16: bool) -> None:
         loaded = load_checkpoint(src, [model], optimizer, pg_collection=pgs)
         assert loaded is not None and loaded.loaded_optimizer
         n = check_equal_to_checkpoint(src, model, optimizer, pgs)
-        log(f"LOAD_OK src={os.path.basename(src)} tp={tp} pp={pp} dp={pgs.dp_size} tensors={n} iteration={loaded.iteration}")
+        losses = check_continuation(root, src_name, model, optimizer, pgs)
+        steps_done += len(losses)
+        log(f"LOAD_OK src={src_name} tp={tp} pp={pp} dp={pgs.dp_size} tensors={n} iteration={loaded.iteration} "
+            f"continued={losses}")
         if save_as is None:
             continue
-        loss = train(model, optimizer, pgs, 2, first_step=steps_done)
-        assert math.isfinite(loss), loss
-        steps_done += 2
         path = save_checkpoint(os.path.join(root, save_as), iteration, [model], optimizer, pg_collection=pgs,
                                args={"tp": tp, "pp": pp}, consumed_train_samples=steps_done * 4)
         check_saved_matches_memory(path, model, optimizer, pgs)
-        log(f"SAVE_OK {save_as} loss={loss:.6f}")
-        src = path
+        log(f"SAVE_OK {save_as} loss={losses[-1]:.6f}")
+        continue_after_save(root, save_as, model, optimizer, pgs, steps_done)
+        src, src_name = path, save_as
+
+
+def plan_load_wide(root: str) -> None:
+    """DP 1→4 and 1 → TP=2×DP=2 (4 ranks): load the single-process checkpoint, check, continue."""
+    for tp in (1, 2):
+        pgs = ProcessGroupCollection.initialize(tp, 1)
+        torch.manual_seed(123)
+        model, optimizer = build(pgs)
+        loaded = load_checkpoint(os.path.join(root, "single"), [model], optimizer, pg_collection=pgs)
+        assert loaded is not None and loaded.loaded_optimizer
+        n = check_equal_to_checkpoint(loaded.path, model, optimizer, pgs)
+        losses = check_continuation(root, "single", model, optimizer, pgs)
+        log(f"LOAD_OK src=single tp={tp} pp=1 dp={pgs.dp_size} tensors={n} iteration={loaded.iteration} continued={losses}")
 
 
 def plan_kill(root: str) -> None:
@@ -173,13 +229,15 @@ def plan_kill(root: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--plan", choices=("reshard", "kill"), required=True)
+    parser.add_argument("--plan", choices=("reshard", "wide", "kill"), required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     if args.plan == "reshard":
         plan_reshard(args.root, args.bf16)
+    elif args.plan == "wide":
+        plan_load_wide(args.root)
     else:
         plan_kill(args.root)
     dist.barrier()
