@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torchrun_helpers import REPO_ROOT, run_torchrun
+
+from megatron_opt.checkpoint import read_full_checkpoint
 
 pytestmark = pytest.mark.functional
 
@@ -67,7 +70,33 @@ def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
     assert [int(m["it"]) for m in _log_lines(out)] == [6, 8]
     assert "validation loss at the end of training for val data" in out
     assert (run_dir / "iter_0000008").is_dir()
-    assert [r["iteration"] for r in _train_records(run_dir / "metrics.jsonl")] == list(range(1, 9))
+    resumed = _train_records(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == list(range(1, 9))
+
+    # The same 8 iterations without the stop at 4: losses and the final checkpoint are identical, bitwise
+    # (model, Muon momentum, the AdamW moments of the scalar params).
+    whole_dir = tmp_path / "whole"
+    whole_args = [a if a != str(run_dir) else str(whole_dir) for a in common]
+    run_torchrun(SCRIPT, 2, [*whole_args, "--train-iters", "8"], timeout=120)
+    whole = _train_records(whole_dir / "metrics.jsonl")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in whole]
+    _, resumed_tensors = read_full_checkpoint(str(run_dir))
+    _, whole_tensors = read_full_checkpoint(str(whole_dir))
+    assert resumed_tensors.keys() == whole_tensors.keys() and len(resumed_tensors) > 20
+    for key, tensor in whole_tensors.items():
+        assert torch.equal(resumed_tensors[key], tensor), key
+
+    # --finetune in one process (TP=2 checkpoint → TP=1): the model is loaded, iteration and optimizer restart.
+    tuned_dir = tmp_path / "tuned"
+    out = run_torchrun(SCRIPT, 1, [*TINY, "--optimizer", "muon", "--muon-fp32-matmul-prec", "highest", "--lr", "1e-2",
+                                   "--log-interval", "1", "--eval-iters", "0", "--train-iters", "2", "--finetune",
+                                   "--load", str(run_dir), "--save", str(tuned_dir)], timeout=120).stdout
+    assert "loaded checkpoint" in out
+    tuned = _train_records(tuned_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in tuned] == [1, 2]
+    fresh_first_loss = whole[0]["loss"]
+    assert tuned[0]["loss"] < fresh_first_loss - 0.5, (tuned[0]["loss"], fresh_first_loss)  # trained weights, not a new init
 
 
 def test_dp2_distributed_optimizer_adam_loss_decreases(tmp_path):
