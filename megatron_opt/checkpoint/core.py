@@ -39,6 +39,7 @@ from megatron_opt.checkpoint.optim_state import (
     create_missing_state,
     leaf_optimizers,
     load_named_optimizer_state,
+    merge_summaries,
     named_optimizer_state,
     optimizer_summary,
 )
@@ -301,9 +302,7 @@ def save_checkpoint(
     error = None
     if rank == 0:
         try:
-            merged: Dict[str, Any] = {}
-            for part in summaries:
-                merged.update(part or {})
+            merged = merge_summaries(summaries)
             metadata = {
                 "format": files.FORMAT,
                 "iteration": int(iteration),

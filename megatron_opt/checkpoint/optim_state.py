@@ -131,9 +131,11 @@ def optimizer_summary(optimizer: Any) -> Dict[str, Dict[str, Any]]:
     for leaf in leaf_optimizers(optimizer):
         cls = algorithm_name(leaf)
         if isinstance(leaf, ShardedStateOptimizer):
+            # a sharded optimizer's groups hold only what this rank owns: other ranks name the rest
+            groups = {n: _json_group(g) for g in leaf.param_groups for n in (g.get("param_names") or ())}
             for name, entry in leaf.sharded_named_state().items():
                 out[name] = {"optimizer": cls, "state": {k: "tensor" for k in entry if k != MAIN_PARAM_KEY},
-                             "main_param": MAIN_PARAM_KEY in entry, "group": {}}
+                             "main_param": MAIN_PARAM_KEY in entry, "group": groups.get(name, {})}
             continue
         state = leaf.state
         for name, p, group, model_p in _named_params(leaf):
@@ -144,6 +146,16 @@ def optimizer_summary(optimizer: Any) -> Dict[str, Dict[str, Any]]:
                     kinds[key] = kind
             out[name] = {"optimizer": cls, "state": kinds, "main_param": model_p is not None, "group": _json_group(group)}
     return out
+
+
+def merge_summaries(parts: List[Optional[Dict[str, Dict[str, Any]]]]) -> Dict[str, Dict[str, Any]]:
+    """One summary from every rank's: a parameter's group settings come from a rank that owns it."""
+    merged: Dict[str, Dict[str, Any]] = {}
+    for part in parts:
+        for name, entry in (part or {}).items():
+            if name not in merged or (entry["group"] and not merged[name]["group"]):
+                merged[name] = entry
+    return merged
 
 
 def _json_group(group: Mapping[str, Any]) -> Dict[str, Any]:

@@ -97,8 +97,12 @@ def test_dp2_checkpoint_loads_into_a_plain_single_process_optimizer(runs, case):
     root, _ = runs
     single = ProcessGroupCollection.single_process()
     model, opt = worker.build(case, single, distributed=False, seed=4321)
+    saved_lrs = {g["lr"] for g in opt.param_groups}
+    for group in opt.param_groups:
+        group["lr"] = 123.0  # the checkpoint's group settings must replace this (no scheduler here)
     loaded = load_checkpoint(root / f"{case}_ckpt", [model], opt)
     assert loaded is not None and loaded.loaded_optimizer and loaded.iteration == worker.SPLIT
+    assert {g["lr"] for g in opt.param_groups} == saved_lrs
     n, seen = _check_plain_against_checkpoint(loaded.path, model, opt, REQUIRED[case])
     assert n >= len(list(model.parameters()))
     # training on from it in one process matches the DP=2 run (same global batches)
