@@ -87,8 +87,8 @@ def _check_plain_against_checkpoint(path, model, opt, required_keys):
 
 
 # continuing in one process vs the DP=2 run: same global batches, different reduction order
-TOLERANCE = {"adam": dict(rtol=0, atol=1e-5), "adam_bf16": dict(rtol=0, atol=2e-2), "muon": dict(rtol=0, atol=1e-3)}
-REQUIRED = {"adam": ("exp_avg", "exp_avg_sq"), "adam_bf16": ("exp_avg", "exp_avg_sq", "main_param"),
+TOLERANCE = {"adam": dict(rtol=0, atol=1e-5), "adam_layerwise": dict(rtol=0, atol=1e-5), "adam_bf16": dict(rtol=0, atol=2e-2), "muon": dict(rtol=0, atol=1e-3)}
+REQUIRED = {"adam": ("exp_avg", "exp_avg_sq"), "adam_layerwise": ("exp_avg", "exp_avg_sq"), "adam_bf16": ("exp_avg", "exp_avg_sq", "main_param"),
             "muon": ("momentum_buffer", "exp_avg", "exp_avg_sq")}
 
 

@@ -1,7 +1,8 @@
 """torchrun worker (2 ranks, DP=2, gloo, CPU): checkpoints of the sharded optimizers.
 
 Cases at DP=2: ``adam`` (ZeRO-1 DistributedOptimizer, fp32), ``adam_bf16`` (ZeRO-1 with bf16 parameters
-and fp32 main shards), ``muon`` (LayerWiseDistributedOptimizer), ``adam_ddp`` and ``muon_ddp`` (DDP with
+and fp32 main shards), ``adam_layerwise`` (adam under the layer-wise flag: ZeRO-1 over all-reduced
+gradients), ``muon`` (LayerWiseDistributedOptimizer), ``adam_ddp`` and ``muon_ddp`` (DDP with
 the plain, replicated optimizer); at TP=2 (DP=1): ``muon_tp2`` (tensor-parallel Muon, duplicated mode).
 
 ``--mode first``: per case, an uninterrupted run of STEPS steps (rank 0 writes its losses and final
@@ -46,7 +47,7 @@ STEPS = 6
 SPLIT = 3
 MICRO_PER_GLOBAL = 2
 MODEL = GPTConfig(hidden_size=32, num_layers=2, num_attention_heads=4, seq_length=SEQ, tie_embeddings=False)
-SHARDED_CASES = ("adam", "adam_bf16", "muon")
+SHARDED_CASES = ("adam", "adam_bf16", "adam_layerwise", "muon")
 """Cases whose DP=2 optimizer shards its state (their checkpoints also load into a plain optimizer)."""
 CASES = SHARDED_CASES + ("adam_ddp", "muon_ddp", "muon_tp2")
 TP_SIZE = {"muon_tp2": 2}
@@ -61,8 +62,11 @@ def opt_config(case: str, distributed: bool) -> OptimizerConfig:
     """Clipping off: the runs are compared bitwise. ``distributed``: the case's sharded optimizer."""
     distributed = distributed and case in SHARDED_CASES
     if case.startswith("adam"):
+        # adam under the layer-wise flag: ZeRO-1 slices of all-reduced gradients (what Muon's scalar params get)
+        layer_wise = case == "adam_layerwise"
         return OptimizerConfig(optimizer="adam", lr=3e-3, weight_decay=0.01, clip_grad=0.0, bf16=(case == "adam_bf16"),
-                               use_distributed_optimizer=distributed)
+                               use_distributed_optimizer=distributed and not layer_wise,
+                               use_layer_wise_distributed_optimizer=distributed and layer_wise)
     return OptimizerConfig(optimizer="muon", lr=2e-2, weight_decay=0.01, clip_grad=0.0, muon_fp32_matmul_prec="highest",
                            use_layer_wise_distributed_optimizer=distributed)
 
