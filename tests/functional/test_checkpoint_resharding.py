@@ -89,3 +89,10 @@ def test_a_rank_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     model.register_parameter("ballast", torch.nn.Parameter(torch.zeros(4_000_000)))
     loaded = load_checkpoint(save_dir, [model], optimizer)
     assert loaded.iteration == 1 and model.ballast.abs().sum() > 0
+    assert worker.check_equal_to_checkpoint(loaded.path, model, optimizer, pgs) > 0
+    # and training resumes from it
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = worker.train_losses(model, optimizer, pgs, 2, first_step=loaded.iteration)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    moved = "decoder.layers.0.mlp.linear_fc1.weight"
+    assert not torch.equal(before[moved], dict(model.named_parameters())[moved])
