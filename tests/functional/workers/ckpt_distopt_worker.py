@@ -25,15 +25,8 @@ from typing import Dict, List
 import torch
 import torch.distributed as dist
 
-from megatron_opt.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_key,
-    named_optimizer_state,
-    optimizer_key,
-    read_full_checkpoint,
-    save_checkpoint,
-)
+from ckpt_worker import check_equal_to_checkpoint
+from megatron_opt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.distributed import DDPConfig, DistributedDataParallel
 from megatron_opt.distributed.distrib_optimizer import finish_param_sync
@@ -130,31 +123,6 @@ def mode_first(root: str) -> None:
         log(f"FIRST_OK {case} losses={losses}")
 
 
-def tp_slice(full: torch.Tensor, param: torch.Tensor, pgs: ProcessGroupCollection) -> torch.Tensor:
-    """This rank's tensor-parallel part of a global-shape checkpoint tensor."""
-    if pgs.tp_size > 1 and getattr(param, "tensor_model_parallel", False) and full.dim() > 0:
-        return full.chunk(pgs.tp_size, dim=param.partition_dim)[pgs.tp_rank]
-    return full
-
-
-def check_against_checkpoint(path: str, model, opt, pgs: ProcessGroupCollection) -> int:
-    """Parameters and the (gathered) optimizer state equal the checkpoint's full tensors, bitwise."""
-    _, full = read_full_checkpoint(path)
-    params = dict(model.named_parameters())
-    n = 0
-    for name, p in params.items():
-        assert torch.equal(p.detach(), tp_slice(full[model_key(name)], p, pgs)), f"model {name} differs from {path}"
-        n += 1
-    for name, entry in named_optimizer_state(opt).items():
-        for key, t in entry.items():
-            expected = full.get(optimizer_key(name, key))
-            assert expected is not None, f"{name}/{key} is not in {path}"
-            expected = tp_slice(expected, params[name], pgs) if t.dim() > 0 else expected
-            assert torch.equal(t.cpu(), expected), f"optimizer {name}/{key} differs from {path}"
-            n += 1
-    return n
-
-
 def mode_resume(root: str) -> None:
     for case in CASES:
         pgs = case_groups(case)
@@ -162,7 +130,7 @@ def mode_resume(root: str) -> None:
         model, opt = build(case, pgs, seed=4321)
         loaded = load_checkpoint(os.path.join(root, f"{case}_ckpt"), [model], opt, pg_collection=pgs)
         assert loaded is not None and loaded.loaded_optimizer and loaded.iteration == SPLIT, loaded
-        n = check_against_checkpoint(loaded.path, model, opt, pgs)
+        n = check_equal_to_checkpoint(loaded.path, model, opt, pgs)
         losses = train(model, opt, pgs, loaded.iteration, STEPS)
         if dist.get_rank() == 0:
             torch.save({"losses": losses, "params": params_of(model)}, os.path.join(root, f"{case}_resumed.pt"))
@@ -179,7 +147,7 @@ def mode_resume(root: str) -> None:
             log(f"PLAIN_TO_DIST_FAIL {case} {exc}")
             continue
         assert loaded is not None and loaded.loaded_optimizer, loaded
-        n = check_against_checkpoint(loaded.path, model, opt, pgs)
+        n = check_equal_to_checkpoint(loaded.path, model, opt, pgs)
         losses = train(model, opt, pgs, loaded.iteration, loaded.iteration + 1)
         assert all(torch.isfinite(torch.tensor(losses))), losses
         log(f"PLAIN_TO_DIST_OK {case} tensors={n}")
