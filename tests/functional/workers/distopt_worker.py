@@ -112,6 +112,15 @@ def muon(**kw) -> OptimizerConfig:
     return OptimizerConfig(optimizer="muon", lr=2e-2, weight_decay=0.01, clip_grad=0.0, muon_fp32_matmul_prec="highest", **kw)
 
 
+def soap_from_cli(world_size: int, *flags: str) -> OptimizerConfig:
+    """SOAP as the real CLI resolves it: ``--optimizer soap --use-distributed-optimizer`` → layer-wise."""
+    from arguments import parse_and_validate  # tests may use arguments/; the library never does
+
+    argv = ["--optimizer", "soap", "--lr", "3e-3", "--weight-decay", "0.01", "--clip-grad", "0",
+            "--soap-precondition-frequency", "3", "--train-iters", "10", *flags]
+    return parse_and_validate(argv, world_size)[1]
+
+
 def sgd(**kw) -> OptimizerConfig:
     return OptimizerConfig(optimizer="sgd", lr=0.5, weight_decay=0.01, sgd_momentum=0.9, clip_grad=0.5, **kw)
 
@@ -153,6 +162,11 @@ def suite_two(rank: int) -> dict:
     # layer-wise Muon (scalar params: ZeRO-1 Adam over the all-reduced buffers)
     res["muon_fp32/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True), FP32_MODEL, allreduce, pgs))
     res["muon_bf16/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, bf16=True), BF16_MODEL, allreduce, pgs))
+    # layer-wise SOAP (precondition refresh every 3 steps: eigh at step 1, QR refresh at 3, 6, 9)
+    soap = soap_from_cli(2, "--use-distributed-optimizer")
+    assert soap.use_layer_wise_distributed_optimizer and not soap.use_distributed_optimizer
+    res["soap_fp32/layer_wise"] = strip(train(soap, FP32_MODEL, allreduce, pgs))
+    res["soap_bf16/layer_wise"] = strip(train(soap_from_cli(2, "--use-distributed-optimizer", "--bf16"), BF16_MODEL, allreduce, pgs))
     res["muon_overlap/off"] = strip(train(muon(use_layer_wise_distributed_optimizer=True), FP32_MODEL,
                                           DDPConfig(bucket_size=3000), pgs, snapshots=False))
     res["muon_overlap/on"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, overlap_param_gather=True), FP32_MODEL,
@@ -173,6 +187,8 @@ def suite_two(rank: int) -> dict:
         res["lion_fp32/ref"] = strip(train(OptimizerConfig(optimizer="lion", lr=1e-3), FP32_MODEL, allreduce, single))
         res["muon_fp32/ref"] = strip(train(muon(), FP32_MODEL, allreduce, single))
         res["muon_bf16/ref"] = strip(train(muon(bf16=True), BF16_MODEL, allreduce, single))
+        res["soap_fp32/ref"] = strip(train(soap_from_cli(1), FP32_MODEL, allreduce, single))
+        res["soap_bf16/ref"] = strip(train(soap_from_cli(1, "--bf16"), BF16_MODEL, allreduce, single))
     return res
 
 
