@@ -237,6 +237,13 @@ class MegatronOptimizer(ABC):
     def reload_model_params(self) -> None:
         """Refresh whatever copy of the model params this wrapper keeps (none by default)."""
 
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        """Multiply the fp32 copies this wrapper keeps of some model params by one factor per row (dim 0).
+
+        ``row_scales`` maps ``id(model_param)`` to its factors. The model params themselves are the
+        caller's to scale (qk_clip does both); this keeps main params/shards in step. None by default.
+        """
+
     @abstractmethod
     def state_dict(self) -> Any: ...
 
@@ -401,6 +408,12 @@ class Float16Optimizer(MegatronOptimizer):
             with torch.no_grad():
                 torch._foreach_copy_(main, model)
 
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        for model_param, main_param in self._model_main_pairs():
+            scale = row_scales.get(id(model_param))
+            if scale is not None and model_param is not main_param:
+                main_param.data.mul_(scale.view(-1, *([1] * (main_param.dim() - 1))))
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         model_params = [p for group in self.model_param_groups for p in group]
         _zero_grads(model_params, set_to_none)
@@ -551,6 +564,10 @@ class ChainedOptimizer(MegatronOptimizer):
     def reload_model_params(self) -> None:
         for child in self.chained_optimizers:
             child.reload_model_params()
+
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        for child in self.chained_optimizers:
+            child.scale_main_params_(row_scales)
 
     def state_dict(self) -> List[Any]:
         """One entry per child, always a list (also for a single child)."""

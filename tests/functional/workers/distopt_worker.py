@@ -25,6 +25,7 @@ from megatron_opt.distributed.distrib_optimizer import finish_param_sync
 from megatron_opt.factory import get_megatron_optimizer
 from megatron_opt.optimizer import ChainedOptimizer
 from megatron_opt.parallel import ProcessGroupCollection, all_gather_concat
+from megatron_opt.qk_clip import clip_qk
 from training.model import GPT, GPTConfig
 from training.pipeline import forward_backward
 
@@ -57,9 +58,11 @@ def leaves(opt) -> list:
 
 
 def train(opt_config: OptimizerConfig, gpt_config: GPTConfig, ddp_config: DDPConfig, pgs: ProcessGroupCollection,
-          steps: int = STEPS, snapshots: bool = True, save_at: Optional[int] = None, resume: Optional[dict] = None) -> dict:
+          steps: int = STEPS, snapshots: bool = True, save_at: Optional[int] = None, resume: Optional[dict] = None,
+          qk_clip_tau: Optional[float] = None) -> dict:
     """Train and record; ``save_at``: also return the optimizer state_dict after that many steps;
-    ``resume``: ``{'state': ..., 'params': ..., 'start': k}`` continues a run from step k."""
+    ``resume``: ``{'state': ..., 'params': ..., 'start': k}`` continues a run from step k;
+    ``qk_clip_tau``: QK-clip after every step (the model must record its max logits), heads clipped in ``clipped``."""
     model = DistributedDataParallel(GPT(gpt_config, pgs), ddp_config, pgs)
     start = 0
     opt = get_megatron_optimizer(opt_config, [model], pg_collection=pgs)
@@ -80,6 +83,9 @@ def train(opt_config: OptimizerConfig, gpt_config: GPTConfig, ddp_config: DDPCon
         result = forward_backward(model, mine, pgs)
         ok, norm, _ = opt.step()
         assert ok, f"step {step} was skipped"
+        if qk_clip_tau is not None:
+            clipped = clip_qk(model.module.qk_clip_targets(), qk_clip_tau, optimizer=opt, dp_group=pgs.dp).clipped_heads
+            out.setdefault("clipped", []).append(clipped)
         out["losses"].append(result.loss)
         out["norms"].append(norm)
         if snapshots:
