@@ -30,6 +30,8 @@ from training.tensor_parallel import (
 )
 
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
+MAX_LOGIT_SCORES_PER_CHUNK = 1 << 26
+"""Recording max attention logits computes fp32 scores for this many elements at a time (256 MiB; heads in chunks)."""
 
 
 @dataclass
@@ -138,11 +140,15 @@ class SelfAttention(nn.Module):
     @torch.no_grad()
     def _record_max_logits(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """Max over batch and causal (i, j) of q_i·k_j/sqrt(d) per head, kept across micro-batches; SDPA is unchanged."""
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) / math.sqrt(self.config.kv_channels)
-        s = scores.shape[-1]
-        causal = torch.ones(s, s, dtype=torch.bool, device=scores.device).tril()
-        step_max = scores.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3))
-        torch.maximum(self.max_attention_logits, step_max, out=self.max_attention_logits)
+        b, heads, s, _ = q.shape
+        causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+        chunk = max(1, MAX_LOGIT_SCORES_PER_CHUNK // max(1, b * s * s))
+        parts = []
+        for h in range(0, heads, chunk):
+            scores = torch.matmul(q[:, h:h + chunk].float(), k[:, h:h + chunk].float().transpose(-1, -2))
+            scores = scores / math.sqrt(self.config.kv_channels)
+            parts.append(scores.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3)))
+        torch.maximum(self.max_attention_logits, torch.cat(parts), out=self.max_attention_logits)
 
     def qk_clip_target(self) -> QKClipTarget:
         return QKClipTarget(self.linear_qkv.weight, self.linear_qkv.bias, self.max_attention_logits)

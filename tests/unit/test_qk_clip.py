@@ -98,6 +98,19 @@ def test_multi_head_clip_bounds_the_hot_heads_and_leaves_the_others_bitwise():
     assert torch.all(model.qk_clip_targets()[0].max_logits == -math.inf)  # reset for the next step
 
 
+def test_recording_in_head_chunks_equals_the_oracle(monkeypatch):
+    import training.model
+
+    model = gpt()
+    blow_up(model, 1, 10.0)
+    whole = recorded(model)
+    model.qk_clip_targets()[0].max_logits.fill_(-math.inf)
+    monkeypatch.setattr(training.model, "MAX_LOGIT_SCORES_PER_CHUNK", 2 * SEQ * SEQ)  # one head per chunk
+    chunked = recorded(model)
+    assert torch.equal(chunked, whole)
+    assert torch.allclose(chunked.double(), oracle_max_logits(model), rtol=1e-5)
+
+
 def test_gqa_scales_k_with_the_group_max_and_q_per_head():
     model = gpt(num_query_groups=2)  # 2 query heads per key head
     blow_up(model, 0, 25.0, q_head=0)  # only head 0 of group 0 (and the shared k) gets hot
