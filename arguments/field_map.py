@@ -72,6 +72,10 @@ FIELD_FOR_DEST: Dict[str, str] = {
     "skip_step_sigma": "skip_step_sigma",
     "skip_step_window": "skip_step_window",
     "log_num_zeros_in_grad": "log_num_zeros_in_grad",
+    # QK-clip
+    "qk_clip": "qk_clip",
+    "qk_clip_threshold": "qk_clip_threshold",
+    "qk_clip_alpha": "qk_clip_alpha",
 }
 """argparse dest → OptimizerConfig field, for every flag whose value goes straight into the config."""
 

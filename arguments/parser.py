@@ -137,6 +137,9 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     _config_flag(g, "--skip-step-sigma", field="skip_step_sigma", type=float)
     _config_flag(g, "--skip-step-window", field="skip_step_window", type=int)
     _config_flag(g, "--grad-norm-skip-threshold", field="grad_norm_skip_threshold", type=float)
+    _config_flag(g, "--qk-clip", field="qk_clip", action="store_true")
+    _config_flag(g, "--qk-clip-threshold", field="qk_clip_threshold", type=float)
+    _config_flag(g, "--qk-clip-alpha", field="qk_clip_alpha", type=float)
     _config_flag(g, "--log-num-zeros-in-grad", field="log_num_zeros_in_grad", action="store_true")
 
 

@@ -17,6 +17,7 @@ from megatron_opt.factory import get_megatron_optimizer
 from megatron_opt.grad_scaler import ConstantGradScaler, DynamicGradScaler, MegatronGradScaler, build_grad_scaler
 from megatron_opt.optimizer import ChainedOptimizer, Float16Optimizer, FP32Optimizer, GradStatsGroups, MegatronOptimizer
 from megatron_opt.parallel import ProcessGroupCollection
+from megatron_opt.qk_clip import QKClipResult, QKClipTarget, clip_qk
 from megatron_opt.scheduler import OptimizerParamScheduler
 from megatron_opt.schedules import LRStyleOptions
 
@@ -38,7 +39,10 @@ __all__ = [
     "ParamPredicate",
     "ParamWithNamePredicate",
     "ProcessGroupCollection",
+    "QKClipResult",
+    "QKClipTarget",
     "build_grad_scaler",
+    "clip_qk",
     "get_megatron_optimizer",
     "get_standard_config_overrides",
 ]

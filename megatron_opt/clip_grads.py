@@ -77,6 +77,11 @@ def get_grad_norm_fp32(grads: Grads, norm_type: float = 2.0, group: ProcessGroup
     Computed in fp32 as ``torch.nn.utils.get_total_norm`` does (the norm of the per-tensor norms),
     and across ranks as the norm of the per-rank norms, so a single process matches torch bitwise.
     """
+    return float(grad_norm_fp32_tensor(grads, norm_type, group).item())
+
+
+def grad_norm_fp32_tensor(grads: Grads, norm_type: float = 2.0, group: ProcessGroup = None) -> torch.Tensor:
+    """``get_grad_norm_fp32`` as a 0-d fp32 tensor on the grads' device (no host read)."""
     grads = _as_list(grads)
     norm_type = float(norm_type)
     device = _stat_device(grads)
@@ -88,7 +93,7 @@ def get_grad_norm_fp32(grads: Grads, norm_type: float = 2.0, group: ProcessGroup
         per_rank = [torch.empty_like(local) for _ in range(group_size(group))]
         dist.all_gather(per_rank, local, group=group)
         local = torch.linalg.vector_norm(torch.stack(per_rank), norm_type)
-    return float(local.item())
+    return local
 
 
 def clip_grad_by_total_norm_fp32(grads: Grads, max_norm: float, total_norm: float) -> None:
@@ -100,6 +105,16 @@ def clip_grad_by_total_norm_fp32(grads: Grads, max_norm: float, total_norm: floa
     clip_coeff = (float(max_norm) / (torch.tensor(float(total_norm), dtype=torch.float32) + CLIP_EPSILON)).item()
     if grads and clip_coeff < 1.0:
         torch._foreach_mul_(grads, clip_coeff)
+
+
+def clip_grad_by_total_norm_tensor(grads: Grads, max_norm: float, total_norm: torch.Tensor) -> None:
+    """``clip_grad_by_total_norm_fp32`` with the norm as a tensor: the same fp32 coefficient, capped at 1
+    on device (multiplying by exactly 1.0 changes nothing), so no host read."""
+    grads = _as_list(grads)
+    if not grads:
+        return
+    clip_coeff = (float(max_norm) / (total_norm.to(torch.float32) + CLIP_EPSILON)).clamp(max=1.0)
+    torch._foreach_mul_(grads, clip_coeff.to(grads[0].device))
 
 
 def count_zeros_fp32(grads: Grads, group: ProcessGroup = None) -> float:

@@ -179,6 +179,12 @@ class OptimizerConfig:
     """Rolling-window length for skip_step_sigma."""
     log_num_zeros_in_grad: bool = False
     """Count zero gradient entries every step."""
+    qk_clip: bool = False
+    """QK-clip (MuonClip): after each step rescale W_q/W_k of heads whose max attention logit exceeded qk_clip_threshold."""
+    qk_clip_threshold: float = 100.0
+    """QK-clip threshold tau on the pre-softmax attention logit."""
+    qk_clip_alpha: float = 0.5
+    """Share of the QK-clip correction on W_q: q x (tau/max)^alpha, k x (tau/max)^(1-alpha)."""
 
     muon_use_nesterov: dataclasses.InitVar[Optional[bool]] = None
     """Deprecated spelling of muon_nesterov (warns once); accepted at construction only."""
@@ -372,6 +378,8 @@ def _validate(cfg: OptimizerConfig) -> None:
     if cfg.skip_step_sigma is not None:
         _check_number(cfg, "skip_step_sigma", 0.0, low_open=True)
     _require(cfg.skip_step_window >= 2, "skip_step_window", cfg.skip_step_window, "an integer >= 2")
+    _check_number(cfg, "qk_clip_threshold", 0.0, low_open=True)
+    _check_number(cfg, "qk_clip_alpha", 0.0, 1.0, low_open=True, high_open=True)
     if cfg.optimizer_kwargs is not None and not is_dotted_path(cfg.optimizer):
         raise config_error("optimizer_kwargs", cfg.optimizer_kwargs, "None unless optimizer is a dotted class path")
 

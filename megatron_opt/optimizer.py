@@ -27,8 +27,10 @@ import torch.distributed as dist
 
 from megatron_opt.clip_grads import (
     clip_grad_by_total_norm_fp32,
+    clip_grad_by_total_norm_tensor,
     count_zeros_fp32,
     get_grad_norm_fp32,
+    grad_norm_fp32_tensor,
     grad_norm_power_fp32,
     norm_from_powers,
     param_is_not_shared,
@@ -37,7 +39,7 @@ from megatron_opt.clip_grads import (
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.grad_scaler import MegatronGradScaler
 from megatron_opt.parallel import ProcessGroup, all_reduce, default_device
-from megatron_opt.skip_step import SkipStepDetector
+from megatron_opt.skip_step import DeviceSkipStepDetector, SkipStepDetector
 
 StepResult = Tuple[bool, Optional[float], Optional[float]]
 InitStateFn = Callable[[torch.optim.Optimizer], None]
@@ -100,6 +102,10 @@ def _unscale_and_find_inf(grads: List[torch.Tensor], grad_scaler: MegatronGradSc
 class MegatronOptimizer(ABC):
     """The step protocol shared by every wrapper; ``optimizer=None`` is a rank with no parameters."""
 
+    skip_on_device: Optional[bool] = None
+    """skip_step_sigma decided on device (DeviceSkipStepDetector): None = when the params are on CUDA;
+    True/False forces it (the tests force True on CPU). See docs/skip_step.md."""
+
     def __init__(
         self,
         optimizer: Optional[torch.optim.Optimizer],
@@ -149,6 +155,17 @@ class MegatronOptimizer(ABC):
     def get_grad_norm(self) -> float:
         return get_grad_norm_fp32(self.get_grads_for_norm(), 2.0, self.grad_stats.reduce_group)
 
+    def get_grad_norm_tensor(self) -> torch.Tensor:
+        """The same norm as a 0-d fp32 tensor on the grads' device (no host read)."""
+        return grad_norm_fp32_tensor(self.get_grads_for_norm(), 2.0, self.grad_stats.reduce_group)
+
+    def _clip_grads_to_tensor(self, grad_norm: torch.Tensor) -> None:
+        if self.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_tensor(self._all_grads(), self.config.clip_grad, grad_norm)
+
+    def _inner_optimizers(self) -> List[torch.optim.Optimizer]:
+        return [self.optimizer] if self.optimizer is not None else []
+
     def _clip_grads_to(self, grad_norm: float) -> None:
         """Clip with ``config.clip_grad`` against an already computed (possibly global) norm."""
         if self.config.clip_grad > 0.0:
@@ -181,6 +198,9 @@ class MegatronOptimizer(ABC):
         """One optimizer step; returns ``(updated, grad_norm, num_zeros)``."""
         if self.prepare_grads():
             return False, None, None
+        if self._skip_decided_on_device():
+            updated, grad_norm, num_zeros = self._step_with_device_decision()
+            return bool(updated), float(grad_norm), num_zeros  # the host reads, after the update is queued
         grad_norm = self.get_grad_norm()
         # A non-finite norm (nan/inf gradient without a loss scaler to catch it) skips the update on
         # every rank alike: the norm is reduced, so all ranks see the same value.
@@ -194,6 +214,52 @@ class MegatronOptimizer(ABC):
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None
         updated = self.step_with_ready_grads()
         return updated, grad_norm, num_zeros
+
+    # ---- skip-step decided on device ------------------------------------------------------------
+
+    def _skip_decided_on_device(self) -> bool:
+        if self.skip_detector is None:
+            return False
+        if self.skip_on_device is not None:
+            return self.skip_on_device
+        params = self.get_parameters()
+        return bool(params) and params[0].is_cuda
+
+    def _step_with_device_decision(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[float]]:
+        """Norm, non-finite / threshold / rolling-window test, clipping and the update, without a host read
+        when every inner optimizer takes a device-side skip (``found_inf``: torch's fused Adam/AdamW/SGD);
+        otherwise one read of the decision before the update. Returns (updated, grad_norm) as tensors."""
+        grad_norm = self.get_grad_norm_tensor()
+        norm64 = grad_norm.to(torch.float64)
+        rejected = ~torch.isfinite(norm64) | (norm64 > self.config.grad_norm_skip_threshold)
+        loss, self._latest_loss = self._latest_loss, None
+        loss_t = None if loss is None else torch.tensor(loss, dtype=torch.float64).to(grad_norm.device, non_blocking=True)
+        skip = self._device_skip_detector(grad_norm.device).should_skip(loss_t, norm64, rejected)
+        self._clip_grads_to_tensor(grad_norm)
+        num_zeros = self.count_zeros() if self._logs_num_zeros() else None  # count_zeros reads back (logging)
+        inner = self._inner_optimizers()
+        if inner and all(getattr(o, "_step_supports_amp_scaling", False) for o in inner):
+            found_inf = skip.to(torch.float32)
+            for o in inner:
+                o.found_inf, o.grad_scale = found_inf, None
+            try:
+                self.step_with_ready_grads()
+            finally:
+                for o in inner:
+                    o.found_inf = None
+            return ~skip, grad_norm, num_zeros
+        if bool(skip):  # this inner optimizer cannot skip on device: one host read of the decision
+            return torch.zeros((), dtype=torch.bool), grad_norm, num_zeros
+        return torch.tensor(bool(self.step_with_ready_grads())), grad_norm, num_zeros
+
+    def _device_skip_detector(self, device: torch.device) -> DeviceSkipStepDetector:
+        """Replaces the float detector on first use, carrying its window over."""
+        if not isinstance(self.skip_detector, DeviceSkipStepDetector):
+            float_state = self.skip_detector.state_dict()
+            self.skip_detector = DeviceSkipStepDetector(self.skip_detector.sigma, self.skip_detector.window,
+                                                        self.skip_detector.min_history, device)
+            self.skip_detector.load_state_dict(float_state)
+        return self.skip_detector
 
     def _unscale_grads_and_update_scaler(self) -> bool:
         """With a loss scaler: unscale the prepared grads, agree on found-inf over the reduce group."""
@@ -236,6 +302,13 @@ class MegatronOptimizer(ABC):
 
     def reload_model_params(self) -> None:
         """Refresh whatever copy of the model params this wrapper keeps (none by default)."""
+
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        """Multiply the fp32 copies this wrapper keeps of some model params by one factor per row (dim 0).
+
+        ``row_scales`` maps ``id(model_param)`` to its factors. The model params themselves are the
+        caller's to scale (qk_clip does both); this keeps main params/shards in step. None by default.
+        """
 
     @abstractmethod
     def state_dict(self) -> Any: ...
@@ -401,6 +474,12 @@ class Float16Optimizer(MegatronOptimizer):
             with torch.no_grad():
                 torch._foreach_copy_(main, model)
 
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        for model_param, main_param in self._model_main_pairs():
+            scale = row_scales.get(id(model_param))
+            if scale is not None and model_param is not main_param:
+                main_param.data.mul_(scale.view(-1, *([1] * (main_param.dim() - 1))))
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         model_params = [p for group in self.model_param_groups for p in group]
         _zero_grads(model_params, set_to_none)
@@ -510,6 +589,21 @@ class ChainedOptimizer(MegatronOptimizer):
         for child in self.chained_optimizers:
             child._clip_grads_to(grad_norm)
 
+    def get_grad_norm_tensor(self) -> torch.Tensor:
+        shared, group = self._shared_reduce_group()
+        if shared:
+            return grad_norm_fp32_tensor(self.get_grads_for_norm(), 2.0, group)
+        # children reduced over different groups: combined on the host as get_grad_norm does (a read)
+        params = self.get_parameters()
+        return torch.tensor(self.get_grad_norm(), dtype=torch.float64, device=params[0].device if params else None)
+
+    def _clip_grads_to_tensor(self, grad_norm: torch.Tensor) -> None:
+        for child in self.chained_optimizers:
+            child._clip_grads_to_tensor(grad_norm)
+
+    def _inner_optimizers(self) -> List[torch.optim.Optimizer]:
+        return [o for child in self.chained_optimizers for o in child._inner_optimizers()]
+
     def count_zeros(self) -> float:
         shared, group = self._shared_reduce_group()
         if shared:
@@ -551,6 +645,10 @@ class ChainedOptimizer(MegatronOptimizer):
     def reload_model_params(self) -> None:
         for child in self.chained_optimizers:
             child.reload_model_params()
+
+    def scale_main_params_(self, row_scales: Mapping[int, torch.Tensor]) -> None:
+        for child in self.chained_optimizers:
+            child.scale_main_params_(row_scales)
 
     def state_dict(self) -> List[Any]:
         """One entry per child, always a list (also for a single child)."""

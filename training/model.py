@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 
 from megatron_opt.errors import config_error
 from megatron_opt.parallel import ProcessGroupCollection, all_reduce
+from megatron_opt.qk_clip import QKClipTarget
 from training.pipeline import stage_layer_range
 from training.tensor_parallel import (
     ColumnParallelLinear,
@@ -29,6 +30,8 @@ from training.tensor_parallel import (
 )
 
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
+MAX_LOGIT_SCORES_PER_CHUNK = 1 << 26
+"""Recording max attention logits computes fp32 scores for this many elements at a time (256 MiB; heads in chunks)."""
 
 
 @dataclass
@@ -50,6 +53,8 @@ class GPTConfig:
     params_dtype: torch.dtype = torch.float32
     seed: int = 1234
     layernorm_epsilon: float = 1e-5
+    record_max_attention_logit: bool = False
+    """Record each head's largest pre-softmax logit in training forwards (for QK-clip); costs one extra QK^T."""
 
     def __post_init__(self) -> None:
         if self.num_query_groups is None:
@@ -111,6 +116,12 @@ class SelfAttention(nn.Module):
         self.linear_proj = RowParallelLinear(full_initial_weight(c, prefix + "linear_proj.weight", (c.hidden_size, proj_in)),
                                              bias=True, tp_group=pgs.tp, tp_rank=pgs.tp_rank, tp_size=pgs.tp_size)
         self.local_groups = c.num_query_groups // pgs.tp_size
+        # [local query heads], head index = group * heads_per_group + head (the row order of linear_qkv)
+        if c.record_max_attention_logit:
+            self.register_buffer("max_attention_logits", torch.full((self.local_groups * c.heads_per_group,), float("-inf")),
+                                 persistent=False)
+        else:
+            self.max_attention_logits = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -120,8 +131,27 @@ class SelfAttention(nn.Module):
         k = qkv[:, :, :, c.heads_per_group: c.heads_per_group + 1].expand_as(q)
         v = qkv[:, :, :, c.heads_per_group + 1:].expand_as(q)
         q, k, v = (t.reshape(b, s, -1, c.kv_channels).transpose(1, 2) for t in (q, k, v))
+        if self.max_attention_logits is not None and self.training:
+            self._record_max_logits(q, k)
         context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.linear_proj(context.transpose(1, 2).reshape(b, s, -1))
+
+
+    @torch.no_grad()
+    def _record_max_logits(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Max over batch and causal (i, j) of q_i·k_j/sqrt(d) per head, kept across micro-batches; SDPA is unchanged."""
+        b, heads, s, _ = q.shape
+        causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+        chunk = max(1, MAX_LOGIT_SCORES_PER_CHUNK // max(1, b * s * s))
+        parts = []
+        for h in range(0, heads, chunk):
+            scores = torch.matmul(q[:, h:h + chunk].float(), k[:, h:h + chunk].float().transpose(-1, -2))
+            scores = scores / math.sqrt(self.config.kv_channels)
+            parts.append(scores.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3)))
+        torch.maximum(self.max_attention_logits, torch.cat(parts), out=self.max_attention_logits)
+
+    def qk_clip_target(self) -> QKClipTarget:
+        return QKClipTarget(self.linear_qkv.weight, self.linear_qkv.bias, self.max_attention_logits)
 
 
 class MLP(nn.Module):
@@ -252,6 +282,12 @@ class GPT(nn.Module):
             return x
         logits = parallel_lm_logits(x, self.output_weight(), self.pgs.tp)
         return vocab_parallel_cross_entropy(logits, labels, self.pgs.tp).mean()
+
+    def qk_clip_targets(self) -> List[QKClipTarget]:
+        """This stage's attention layers for ``megatron_opt.qk_clip.clip_qk`` (needs record_max_attention_logit)."""
+        if not self.config.record_max_attention_logit:
+            raise ValueError("qk_clip_targets() needs GPTConfig(record_max_attention_logit=True)")
+        return [layer.self_attention.qk_clip_target() for layer in self.decoder.layers.values()]
 
     def tied_embedding_weight(self) -> Optional[nn.Parameter]:
         """The word embedding weight this stage shares with another stage, if any."""

@@ -2,7 +2,8 @@
 
 One iteration (as Megatron-LM's ``train_step``): zero the DDP grad buffer and the optimizer's grads,
 forward/backward over ``num_micro_batches`` micro-batches, hand the reduced loss to the optimizer
-(``observe_loss``, for skip-step), ``optimizer.step()``, then ``scheduler.step(global_batch_size)``.
+(``observe_loss``, for skip-step), ``optimizer.step()``, with ``--qk-clip`` the QK-clip rescale
+(megatron_opt.qk_clip), then ``scheduler.step(global_batch_size)``.
 
 Difference from Megatron-LM: the scheduler also steps on a *skipped* iteration. The schedule is
 then a function of the consumed samples alone (``scheduler.num_steps == consumed samples``), so
@@ -25,6 +26,7 @@ import torch.distributed as dist
 
 from megatron_opt.distributed.distrib_optimizer import finish_param_sync
 from megatron_opt.parallel import ProcessGroupCollection
+from megatron_opt.qk_clip import QKClipResult, clip_qk
 from training import checkpoint_glue
 from training.checkpoint_glue import Progress
 from training.data import BatchIterator, BatchLayout, SampleDataset, microbatches_at
@@ -37,7 +39,7 @@ from training.logging_utils import (
     perplexity,
     tensorboard_write,
 )
-from training.pipeline import forward_backward
+from training.pipeline import forward_backward, unwrap_model
 from training.plotting import plot_training
 from training.schedule import train_iters_from_args
 
@@ -58,6 +60,8 @@ class Run:
     train_data: SampleDataset
     valid_data: Optional[SampleDataset]
     layout: BatchLayout
+    qk_clip: Optional[QKClipResult] = None
+    """The latest QK-clip result (with --qk-clip): this rank's max logit and clipped heads."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -139,6 +143,8 @@ class Reporter:
             "skipped": skipped, "tokens_per_sec": self.tokens_per_iteration / seconds if seconds > 0 else None,
             "elapsed_ms": seconds * 1000.0,
         }
+        if self.run.qk_clip is not None:
+            record.update(max_attention_logit=self.run.qk_clip.max_logit, qk_clipped_heads=self.run.qk_clip.clipped_heads)
         self.metrics.write(record)
         tensorboard_write(self.tb, record, ("loss", "lr", "grad_norm", "loss_scale", "num_zeros", "tokens_per_sec"))
         self.display.update(progress.iteration, loss)
@@ -207,6 +213,9 @@ def train_step(run: Run, microbatches: List[tuple]) -> tuple:
     result = forward_backward(run.model, _to_device(microbatches, run.device), run.pgs, scale_loss=scale_loss)
     run.optimizer.observe_loss(result.loss)
     updated, grad_norm, num_zeros = run.optimizer.step()
+    if run.args.qk_clip:  # also after a skipped step: the logits were measured on the weights as they are
+        run.qk_clip = clip_qk(unwrap_model(run.model).qk_clip_targets(), run.args.qk_clip_threshold,
+                              run.args.qk_clip_alpha, run.optimizer, run.pgs.dp)
     run.scheduler.step(run.args.global_batch_size)  # also when skipped: see the module docstring
     return result.loss, bool(updated), grad_norm, num_zeros
 

@@ -325,6 +325,18 @@ class DistributedOptimizer(MegatronOptimizer):
             for p, start, end in plan.params:
                 p.data.view(-1).copy_(full[start:end])
 
+    @torch.no_grad()
+    def scale_main_params_(self, row_scales) -> None:
+        """Scale this rank's main shards; fp32 shards are views of the model param (scaled by the caller)."""
+        for piece in self.pieces:
+            scale = row_scales.get(id(piece.model_param))
+            if scale is None or piece.is_view:
+                continue
+            start, end = piece.range.param_range
+            row_numel = piece.model_param[0].numel() if piece.model_param.dim() > 0 else 1
+            rows = torch.arange(start, end, device=scale.device) // row_numel
+            piece.shard.data.mul_(scale[rows].to(piece.shard.device))
+
     # ---- state ----------------------------------------------------------------------------------
 
     def init_state(self) -> None:

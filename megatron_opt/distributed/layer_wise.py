@@ -130,6 +130,9 @@ class LayerWiseDistributedOptimizer(MegatronOptimizer):
     def reload_model_params(self) -> None:
         self.local.reload_model_params()
 
+    def scale_main_params_(self, row_scales) -> None:
+        self.local.scale_main_params_(row_scales)  # main params exist on the owner only
+
     def state_dict(self) -> Any:
         """This rank's own matrices only (loads back on the same DP layout)."""
         self.finish_param_sync()

@@ -4,7 +4,7 @@ Each case trains a tiny GPT for 10 steps on the same global batches (one micro-b
 per DP rank, so DP=1 accumulates the gradients in the same order the DP=2 all-reduce sums them).
 
 Tolerances:
-* parameters, losses: IDENTICAL (bitwise) for Adam fp32/bf16, Lion, layer-wise Muon fp32/bf16 and
+* parameters, losses: IDENTICAL (bitwise) for Adam fp32/bf16, Lion, layer-wise Muon and SOAP fp32/bf16 and
   TP=2×DP=2 vs TP=2×DP=1, with clipping off (see the worker for why);
 * grad norm: relative 1e-6 (the sharded norm sums per-piece norms in another order; seen ≤ 2e-7);
 * SGD with clip_grad=0.5 active (coefficient from that norm): parameters relative 1e-5 (seen ~6e-7);
@@ -61,7 +61,8 @@ def assert_norms_close(actual, expected) -> None:
 
 def check_case(results, case: str, expected_leaves, identical: bool = True) -> None:
     rank0, rank1 = results
-    run, ref = rank0[f"{case}/" + ("layer_wise" if "muon" in case else "zero1")], rank0[f"{case}/ref"]
+    layout = "layer_wise" if ("muon" in case or "soap" in case) else "zero1"
+    run, ref = rank0[f"{case}/{layout}"], rank0[f"{case}/ref"]
     assert run["leaf_types"] == expected_leaves
     assert len(run["params"]) == len(ref["params"]) == 10
     for step, (p, p_ref) in enumerate(zip(run["params"], ref["params"])):
@@ -73,7 +74,7 @@ def check_case(results, case: str, expected_leaves, identical: bool = True) -> N
     assert_norms_close(run["norms"], ref["norms"])
     # the params moved, and both DP ranks hold the same params after every step
     assert max_rel(run["final"], ref["params"][0]) > 1e-3
-    other = rank1[f"{case}/" + ("layer_wise" if "muon" in case else "zero1")]
+    other = rank1[f"{case}/{layout}"]
     for p0, p1 in zip(run["params"], other["params"]):
         assert_identical(p1, p0)
 
@@ -129,6 +130,14 @@ def test_layer_wise_muon_fp32_dp2_equals_dp1(two):
 
 def test_layer_wise_muon_bf16_dp2_equals_dp1(two):
     check_case(two, "muon_bf16", ["LayerWiseDistributedOptimizer", "DistributedOptimizer"])
+
+
+@pytest.mark.parametrize("case", ["soap_fp32", "soap_bf16"])
+def test_layer_wise_soap_dp2_equals_dp1(two, case):
+    """``--optimizer soap --use-distributed-optimizer`` resolves to the layer-wise optimizer (asserted in
+    the worker); each matrix is preconditioned whole on its owner rank from the all-reduced gradient, so
+    eigh/QR see the same input as in one process and the result is bitwise equal."""
+    check_case(two, case, ["LayerWiseDistributedOptimizer", "DistributedOptimizer"])
 
 
 @pytest.mark.parametrize("case", ["muon", "adam"])

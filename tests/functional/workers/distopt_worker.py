@@ -25,6 +25,7 @@ from megatron_opt.distributed.distrib_optimizer import finish_param_sync
 from megatron_opt.factory import get_megatron_optimizer
 from megatron_opt.optimizer import ChainedOptimizer
 from megatron_opt.parallel import ProcessGroupCollection, all_gather_concat
+from megatron_opt.qk_clip import clip_qk
 from training.model import GPT, GPTConfig
 from training.pipeline import forward_backward
 
@@ -57,9 +58,11 @@ def leaves(opt) -> list:
 
 
 def train(opt_config: OptimizerConfig, gpt_config: GPTConfig, ddp_config: DDPConfig, pgs: ProcessGroupCollection,
-          steps: int = STEPS, snapshots: bool = True, save_at: Optional[int] = None, resume: Optional[dict] = None) -> dict:
+          steps: int = STEPS, snapshots: bool = True, save_at: Optional[int] = None, resume: Optional[dict] = None,
+          qk_clip_tau: Optional[float] = None) -> dict:
     """Train and record; ``save_at``: also return the optimizer state_dict after that many steps;
-    ``resume``: ``{'state': ..., 'params': ..., 'start': k}`` continues a run from step k."""
+    ``resume``: ``{'state': ..., 'params': ..., 'start': k}`` continues a run from step k;
+    ``qk_clip_tau``: QK-clip after every step (the model must record its max logits), heads clipped in ``clipped``."""
     model = DistributedDataParallel(GPT(gpt_config, pgs), ddp_config, pgs)
     start = 0
     opt = get_megatron_optimizer(opt_config, [model], pg_collection=pgs)
@@ -80,6 +83,9 @@ def train(opt_config: OptimizerConfig, gpt_config: GPTConfig, ddp_config: DDPCon
         result = forward_backward(model, mine, pgs)
         ok, norm, _ = opt.step()
         assert ok, f"step {step} was skipped"
+        if qk_clip_tau is not None:
+            clipped = clip_qk(model.module.qk_clip_targets(), qk_clip_tau, optimizer=opt, dp_group=pgs.dp).clipped_heads
+            out.setdefault("clipped", []).append(clipped)
         out["losses"].append(result.loss)
         out["norms"].append(norm)
         if snapshots:
@@ -110,6 +116,15 @@ def adam(**kw) -> OptimizerConfig:
 
 def muon(**kw) -> OptimizerConfig:
     return OptimizerConfig(optimizer="muon", lr=2e-2, weight_decay=0.01, clip_grad=0.0, muon_fp32_matmul_prec="highest", **kw)
+
+
+def soap_from_cli(world_size: int, *flags: str) -> OptimizerConfig:
+    """SOAP as the real CLI resolves it: ``--optimizer soap --use-distributed-optimizer`` → layer-wise."""
+    from arguments import parse_and_validate  # tests may use arguments/; the library never does
+
+    argv = ["--optimizer", "soap", "--lr", "3e-3", "--weight-decay", "0.01", "--clip-grad", "0",
+            "--soap-precondition-frequency", "3", "--train-iters", "10", *flags]
+    return parse_and_validate(argv, world_size)[1]
 
 
 def sgd(**kw) -> OptimizerConfig:
@@ -153,6 +168,11 @@ def suite_two(rank: int) -> dict:
     # layer-wise Muon (scalar params: ZeRO-1 Adam over the all-reduced buffers)
     res["muon_fp32/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True), FP32_MODEL, allreduce, pgs))
     res["muon_bf16/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, bf16=True), BF16_MODEL, allreduce, pgs))
+    # layer-wise SOAP (precondition refresh every 3 steps: eigh at step 1, QR refresh at 3, 6, 9)
+    soap = soap_from_cli(2, "--use-distributed-optimizer")
+    assert soap.use_layer_wise_distributed_optimizer and not soap.use_distributed_optimizer
+    res["soap_fp32/layer_wise"] = strip(train(soap, FP32_MODEL, allreduce, pgs))
+    res["soap_bf16/layer_wise"] = strip(train(soap_from_cli(2, "--use-distributed-optimizer", "--bf16"), BF16_MODEL, allreduce, pgs))
     res["muon_overlap/off"] = strip(train(muon(use_layer_wise_distributed_optimizer=True), FP32_MODEL,
                                           DDPConfig(bucket_size=3000), pgs, snapshots=False))
     res["muon_overlap/on"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, overlap_param_gather=True), FP32_MODEL,
@@ -173,6 +193,8 @@ def suite_two(rank: int) -> dict:
         res["lion_fp32/ref"] = strip(train(OptimizerConfig(optimizer="lion", lr=1e-3), FP32_MODEL, allreduce, single))
         res["muon_fp32/ref"] = strip(train(muon(), FP32_MODEL, allreduce, single))
         res["muon_bf16/ref"] = strip(train(muon(bf16=True), BF16_MODEL, allreduce, single))
+        res["soap_fp32/ref"] = strip(train(soap_from_cli(1), FP32_MODEL, allreduce, single))
+        res["soap_bf16/ref"] = strip(train(soap_from_cli(1, "--bf16"), BF16_MODEL, allreduce, single))
     return res
 
 
