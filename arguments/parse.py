@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Optional, Sequence, Tuple
 
 from megatron_opt.config import OptimizerConfig
@@ -33,6 +34,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def parse_and_validate(argv: Optional[Sequence[str]], world_size: int) -> Tuple[argparse.Namespace, OptimizerConfig]:
-    """parse_args → validate_args → config_from_args; any bad input raises ConfigError."""
-    args = validate_args(parse_args(argv), world_size)
-    return args, config_from_args(args)
+    """parse_args → validate_args → config_from_args; any bad input raises ConfigError.
+
+    Warnings (deprecated spellings) are held back until the whole command line is accepted, so a
+    refused one prints exactly one line: the error.
+    """
+    with warnings.catch_warnings(record=True) as held:
+        args = validate_args(parse_args(argv), world_size)
+        config = config_from_args(args)
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return args, config

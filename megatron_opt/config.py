@@ -40,6 +40,11 @@ TP_MODES = ("duplicated", "distributed", "blockwise")
 FP32_MATMUL_PRECISIONS = ("low", "medium", "high", "highest")
 MOMENT2_METHODS = ("adamuon", "normuon", "namo")
 STANDARD_BACKENDS = ("auto", "te", "apex", "torch_fused", "torch_foreach")
+PARAMS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FINITE_FIELDS = ("lr", "min_lr", "decoupled_lr", "decoupled_min_lr", "weight_decay", "loss_scale", "initial_loss_scale",
+                 "min_loss_scale", "loss_scale_window", "adam_eps", "adaptive_muon_eps", "muon_extra_scale_factor")
+"""Fields where +inf passes the range check but is never meaningful (found by tests/unit/test_fuzz_inputs.py)."""
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -282,8 +287,9 @@ def _coerce_triples(name: str, value: Any) -> Tuple[Tuple[float, float, float], 
         triples = tuple(tuple(float(x) for x in t) for t in value)
     except (TypeError, ValueError):
         raise config_error(name, value, "a list of (a, b, c) number triples") from None
-    if not triples or any(len(t) != 3 or not all(math.isfinite(x) for x in t) for t in triples):
-        raise config_error(name, value, "a non-empty list of finite (a, b, c) triples")
+    # beyond the fp32 range the Newton-Schulz step cannot even multiply by the coefficient
+    if not triples or any(len(t) != 3 or not all(math.isfinite(x) and abs(x) <= _FP32_MAX for x in t) for t in triples):
+        raise config_error(name, value, "a non-empty list of (a, b, c) triples of finite fp32 numbers")
     return triples
 
 
@@ -305,7 +311,7 @@ def _check_number(cfg: OptimizerConfig, name: str, low: float, high: float = mat
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
     lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    hi = ")" if high_open or (high == math.inf and name in FINITE_FIELDS) else "]"
     _require(ok, name, value, f"a number in {lo}{low}, {high}{hi}")
 
 
@@ -323,11 +329,15 @@ def _validate(cfg: OptimizerConfig) -> None:
 
     for f in ("lr", "min_lr", "decoupled_lr", "decoupled_min_lr", "weight_decay"):
         _check_number(cfg, f, 0.0)
+    for f in FINITE_FIELDS:  # inf passes the range checks but turns every parameter into inf/nan
+        value = getattr(cfg, f)
+        _require(value is None or math.isfinite(value), f, value, "a finite number")
     if cfg.lr is not None:
         _require(cfg.min_lr <= cfg.lr, "min_lr", cfg.min_lr, f"a value <= lr ({cfg.lr})")
     if cfg.decoupled_lr is not None and cfg.decoupled_min_lr is not None:
         _require(cfg.decoupled_min_lr <= cfg.decoupled_lr, "decoupled_min_lr", cfg.decoupled_min_lr, f"a value <= decoupled_lr ({cfg.decoupled_lr})")
 
+    _require(cfg.params_dtype in PARAMS_DTYPES, "params_dtype", cfg.params_dtype, "one of torch.float32, torch.bfloat16, torch.float16")
     if cfg.fp16 and cfg.bf16:
         raise ConfigError("fp16=True together with bf16=True is not allowed; expected at most one of fp16, bf16")
     for f in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):

@@ -34,7 +34,7 @@ from megatron_opt.optimizer_names import LEGACY_DIST_PREFIX, STANDARD_OPTIMIZERS
 
 # Optimizers whose state is elementwise, so that byte-range (ZeRO-1) sharding is exact.
 ELEMENTWISE_OPTIMIZERS = frozenset({"adam", "sgd", "lion"})
-from megatron_opt.parallel import ProcessGroupCollection
+from megatron_opt.parallel import ProcessGroupCollection, group_size
 from megatron_opt.param_groups import build_param_groups, partition_by_optimizer
 from megatron_opt.standard import build_standard_optimizer
 
@@ -99,7 +99,17 @@ def resolve_legacy_optimizer_name(config: OptimizerConfig) -> OptimizerConfig:
 
 
 def _grad_stats(pgs: ProcessGroupCollection) -> GradStatsGroups:
-    return GradStatsGroups(reduce_group=pgs.mp, tp_group=pgs.tp)
+    return GradStatsGroups(reduce_group=pgs.mp, tp_group=pgs.tp, skip_group=_skip_agreement_group(pgs))
+
+
+def _skip_agreement_group(pgs: ProcessGroupCollection):
+    """dp × mp for a plain optimizer over several DP replicas (None when there is one, or no such group)."""
+    dp, mp = group_size(pgs.dp), group_size(pgs.mp)
+    if dp == 1:
+        return None
+    if mp == 1:
+        return pgs.dp
+    return pgs.world if pgs.world is not None and group_size(pgs.world) == dp * mp else None
 
 
 def _sharded_grad_stats(pgs: ProcessGroupCollection) -> GradStatsGroups:

@@ -38,7 +38,7 @@ from megatron_opt.clip_grads import (
 )
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.grad_scaler import MegatronGradScaler
-from megatron_opt.parallel import ProcessGroup, all_reduce, default_device
+from megatron_opt.parallel import ProcessGroup, all_reduce, default_device, group_size
 from megatron_opt.skip_step import DeviceSkipStepDetector, SkipStepDetector
 
 StepResult = Tuple[bool, Optional[float], Optional[float]]
@@ -68,11 +68,15 @@ class GradStatsGroups:
 
     ``reduce_group``: grad norm², zero counts and found-inf are reduced over it (the model-parallel
     group for a plain optimizer). ``tp_group``: decides which replicated params are TP duplicates.
-    ``None`` means a group of one.
+    ``skip_group``: where the skip decision (found-inf, non-finite norm) is agreed, when
+    ``reduce_group`` does not already span the data-parallel replicas (a plain optimizer reduces over
+    mp only, so a NaN that reaches one replica's reduced gradient would otherwise skip there and
+    step everywhere else). ``None`` means a group of one.
     """
 
     reduce_group: ProcessGroup = None
     tp_group: ProcessGroup = None
+    skip_group: ProcessGroup = None
 
 
 def _zero_grads(params: Sequence[torch.Tensor], set_to_none: bool) -> None:
@@ -97,6 +101,14 @@ def _unscale_and_find_inf(grads: List[torch.Tensor], grad_scaler: MegatronGradSc
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
     all_reduce(found_inf, group, dist.ReduceOp.MAX)
     return bool(found_inf.item() > 0)
+
+
+def _any_rank(flag: bool, group: ProcessGroup, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank of ``group`` (one 1-element MAX all-reduce)."""
+    if group is None or group_size(group) == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float32, device=device)
+    return bool(all_reduce(t, group, dist.ReduceOp.MAX).item() > 0)
 
 
 class MegatronOptimizer(ABC):
@@ -203,12 +215,14 @@ class MegatronOptimizer(ABC):
             return bool(updated), float(grad_norm), num_zeros  # the host reads, after the update is queued
         grad_norm = self.get_grad_norm()
         # A non-finite norm (nan/inf gradient without a loss scaler to catch it) skips the update on
-        # every rank alike: the norm is reduced, so all ranks see the same value.
-        if (
+        # every rank alike: the norm is reduced over reduce_group, and skip_group (the DP replicas of
+        # a plain optimizer) agrees on the decision, so one replica's bad gradient skips everywhere.
+        skip = (
             not math.isfinite(grad_norm)
             or grad_norm > self.config.grad_norm_skip_threshold
             or self._spike_detected(grad_norm)
-        ):
+        )
+        if _any_rank(skip, self.grad_stats.skip_group, self.get_loss_scale().device):
             return False, grad_norm, self.count_zeros() if self._logs_num_zeros() else None
         self._clip_grads_to(grad_norm)
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None
@@ -266,6 +280,7 @@ class MegatronOptimizer(ABC):
         if self.grad_scaler is None:
             return False
         found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
+        found_inf = _any_rank(found_inf, self.grad_stats.skip_group, self.grad_scaler.device)
         self.grad_scaler.update(found_inf)
         return found_inf
 

@@ -11,17 +11,21 @@ import argparse
 import sys
 from typing import Any, Dict, List, Tuple
 
+import torch
+
 from megatron_opt import ConfigError, OptimizerConfig
 
 INVALID_CONFIGS: List[Dict[str, Any]] = [
     dict(optimizer="adamw2"),
     dict(optimizer="dist_adam"),
     dict(lr=-1.0),
+    dict(lr=float("inf")),
     dict(lr=1e-3, min_lr=1e-2),
     dict(decoupled_lr=1e-4, decoupled_min_lr=1e-3),
     dict(weight_decay=-0.1),
     dict(fp16=True, bf16=True),
     dict(main_params_dtype="bf16"),
+    dict(params_dtype=torch.float64),
     dict(use_precision_aware_optimizer=True, optimizer="sgd"),
     dict(loss_scale=0.0),
     dict(initial_loss_scale=1.0, min_loss_scale=2.0),
@@ -32,6 +36,7 @@ INVALID_CONFIGS: List[Dict[str, Any]] = [
     dict(muon_coefficient_type="quintik"),
     dict(muon_coefficient_type="custom"),
     dict(muon_custom_coefficients=[(1.0, 2.0)], muon_coefficient_type="custom"),
+    dict(muon_custom_coefficients=[(1e300, -1.0, 1.0)], muon_coefficient_type="custom"),
     dict(muon_num_ns_steps=0),
     dict(muon_coefficient_type="cubic5", muon_num_ns_steps=6),
     dict(muon_scale_mode="rms"),

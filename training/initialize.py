@@ -36,8 +36,28 @@ def initialize_distributed(backend: Optional[str] = None, timeout_minutes: int =
     if launcher_world_size() > 1 and not dist.is_initialized():
         backend = backend or backend_for_device()
         kwargs = {"device_id": device} if (backend == "nccl" and device.type == "cuda") else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = _store_for_this_attempt(timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=launcher_rank(), world_size=launcher_world_size())
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return device
+
+
+def _store_for_this_attempt(timeout: datetime.timedelta) -> Optional[dist.Store]:
+    """Under ``torchrun --max-restarts``: the agent's store, with keys private to this restart attempt.
+
+    torchrun keeps one TCPStore (hosted by its agent) for every attempt, and the default process
+    group's keys (each rank's gloo/NCCL address) carry no attempt number, so a restarted rank can
+    read the address of a dead rank from the previous attempt and fail to connect. A prefix with
+    ``TORCHELASTIC_RESTART_COUNT`` gives every attempt its own keys. ``None``: use the usual env://.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), launcher_world_size(),
+                           is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"megatron_opt/attempt_{attempt}", client)
 
 
 def set_seeds(seed: int, pgs: ProcessGroupCollection) -> None:

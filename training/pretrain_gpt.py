@@ -22,6 +22,7 @@ from megatron_opt.errors import ConfigError
 from megatron_opt.parallel import ProcessGroupCollection
 from training import checkpoint_glue
 from training.builders import build_data, build_model, build_optimizer
+from training.consistency import check_ranks_agree
 from training.initialize import destroy_distributed, initialize_distributed, launcher_rank, launcher_world_size, set_seeds
 from training.schedule import scheduler_from_args
 from training.train_loop import Run, train
@@ -31,6 +32,7 @@ def main(argv: List[str]) -> int:
     args, config = parse_and_validate(argv, launcher_world_size())
     device = initialize_distributed(args.distributed_backend, args.distributed_timeout_minutes)
     try:
+        check_ranks_agree(args, config)  # before any group or collective that differing settings would hang
         pgs = ProcessGroupCollection.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
         set_seeds(args.seed, pgs)
         model = build_model(args, pgs, device)

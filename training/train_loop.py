@@ -30,6 +30,7 @@ from megatron_opt.qk_clip import QKClipResult, clip_qk
 from training import checkpoint_glue
 from training.checkpoint_glue import Progress
 from training.data import BatchIterator, BatchLayout, SampleDataset, microbatches_at
+from training.fault_injection import FaultPlan
 from training.logging_utils import (
     MetricsWriter,
     Progress as ProgressDisplay,
@@ -205,12 +206,13 @@ def evaluate(run: Run) -> Optional[float]:
     return sum(losses) / len(losses)
 
 
-def train_step(run: Run, microbatches: List[tuple]) -> tuple:
-    """One iteration; returns (loss, updated, grad_norm, num_zeros)."""
+def train_step(run: Run, microbatches: List[tuple], iteration: int = 0, faults: FaultPlan = FaultPlan()) -> tuple:
+    """One iteration; returns (loss, updated, grad_norm, num_zeros). ``faults``: test-only, see fault_injection."""
     run.model.zero_grad_buffer()
     run.optimizer.zero_grad()
     scale_loss = run.optimizer.scale_loss if run.args.fp16 else None
     result = forward_backward(run.model, _to_device(microbatches, run.device), run.pgs, scale_loss=scale_loss)
+    faults.corrupt_grads(run.model, iteration, dist.get_rank() if dist.is_initialized() else 0)
     run.optimizer.observe_loss(result.loss)
     updated, grad_norm, num_zeros = run.optimizer.step()
     if run.args.qk_clip:  # also after a skipped step: the logits were measured on the weights as they are
@@ -229,6 +231,8 @@ def train(run: Run, progress: Progress) -> int:
     batches = BatchIterator(run.train_data, run.layout, progress.consumed_train_samples)
     consecutive_skipped = 0
     start_iteration = progress.iteration
+    faults = FaultPlan.from_env()
+    rank = dist.get_rank() if dist.is_initialized() else 0
     saved_at = evaluated_at = None
     exit_code = 0
 
@@ -250,7 +254,7 @@ def train(run: Run, progress: Progress) -> int:
 
     while progress.iteration < train_iters:
         start = time.perf_counter()
-        loss, updated, grad_norm, num_zeros = train_step(run, next(batches))
+        loss, updated, grad_norm, num_zeros = train_step(run, next(batches), progress.iteration + 1, faults)
         seconds = time.perf_counter() - start
         progress.iteration += 1
         progress.consumed_train_samples += args.global_batch_size
@@ -273,6 +277,7 @@ def train(run: Run, progress: Progress) -> int:
             checkpoint()
             reporter.message(f"exiting program at iteration {progress.iteration} (--exit-interval={args.exit_interval})")
             break
+        faults.kill_if_due(progress.iteration, rank)
 
     if start_iteration >= train_iters:
         reporter.message(f"nothing to train: iteration {start_iteration} already reached --train-iters {train_iters}")
