@@ -1,0 +1,120 @@
+"""Our optimizers (Muon, adaptive Muon, Lion, SOAP) skip on device through ``found_inf``: no host read.
+
+Oracle: the same 30 steps with the decision made on the host (``skip_on_device=False``), which never
+calls the inner optimizer on a skipped step. The device runs call ``prepare_grads`` and then the device
+decision plus the update with every tensor → host read made to raise (``step()`` itself only adds the
+conversion of its return values to Python numbers at the end, after the update is queued).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import pytest
+import torch
+
+from host_reads import NoHostReads
+from tiny_models import TinyLM, lm_loss
+from megatron_opt import OptimizerConfig, get_megatron_optimizer
+from megatron_opt.emerging.lion import Lion
+
+SPIKE_LOSS_STEP, SPIKE_GRAD_STEP = 15, 22
+
+
+def state_snapshot(opt) -> List[Dict[str, torch.Tensor]]:
+    """Every state tensor of every parameter the optimizer updates, in parameter order (cloned)."""
+    out = []
+    for p in opt.get_parameters():
+        state = opt.state.get(p, {}) if hasattr(opt.state, "get") else opt.state[p]
+        out.append({k: v.detach().clone() for k, v in state.items() if torch.is_tensor(v)})
+    return out
+
+
+def run(config: OptimizerConfig, on_device: bool, steps: int = 30):
+    model = TinyLM()
+    opt = get_megatron_optimizer(config, [model])
+    opt.skip_on_device = on_device
+    record = []
+    for step in range(steps):
+        opt.zero_grad()
+        loss = lm_loss(model, step)
+        loss.backward()
+        if step == SPIKE_GRAD_STEP:
+            for p in model.parameters():
+                p.grad.mul_(100.0)
+        opt.observe_loss(loss.item() * (1000.0 if step == SPIKE_LOSS_STEP else 1.0))
+        if on_device:
+            assert not opt.prepare_grads()
+            with NoHostReads():
+                updated, norm, _ = opt._step_with_device_decision()
+            updated, norm = bool(updated), float(norm)
+        else:
+            updated, norm, _ = opt.step()
+        record.append((updated, norm, [p.detach().clone() for p in model.parameters()], state_snapshot(opt)))
+    return record
+
+
+def assert_same_state(a: List[Dict[str, torch.Tensor]], b: List[Dict[str, torch.Tensor]]) -> None:
+    assert len(a) == len(b)
+    for sa, sb in zip(a, b):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+
+
+CONFIGS = {
+    "muon_adamw_fused": OptimizerConfig(optimizer="muon", lr=1e-2, muon_fp32_matmul_prec="highest", standard_backend="torch_fused"),
+    "muon_nesterov_l2": OptimizerConfig(optimizer="muon", lr=1e-2, muon_fp32_matmul_prec="highest", muon_nesterov=True,
+                                        decoupled_weight_decay=False, weight_decay=0.1, standard_backend="torch_fused"),
+    "normuon": OptimizerConfig(optimizer="adaptive_muon", adaptive_muon_moment2_method="normuon", lr=1e-2,
+                               muon_fp32_matmul_prec="highest", standard_backend="torch_fused"),
+    "lion": OptimizerConfig(optimizer="lion", lr=1e-3, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_device_skip_is_bitwise_the_host_decision_and_reads_nothing_back(name):
+    config = CONFIGS[name].replace(skip_step_sigma=3.0, skip_step_window=16)
+    host, dev = run(config, on_device=False), run(config, on_device=True)
+    assert [r[0] for r in host] == [r[0] for r in dev]
+    skipped = [i for i, r in enumerate(host) if not r[0]]
+    assert SPIKE_LOSS_STEP in skipped and SPIKE_GRAD_STEP in skipped and len(skipped) <= 4, skipped
+    for step, ((_, n_h, p_h, s_h), (_, n_d, p_d, s_d)) in enumerate(zip(host, dev)):
+        assert n_h == n_d, step
+        assert all(torch.equal(a, b) for a, b in zip(p_h, p_d)), step
+        assert_same_state(s_h, s_d)
+    for step in skipped:  # the skipped step left params and state bitwise as the step before
+        _, _, p_before, s_before = dev[step - 1]
+        _, _, p_after, s_after = dev[step]
+        assert all(torch.equal(a, b) for a, b in zip(p_before, p_after)), step
+        assert_same_state(s_before, s_after)
+    assert not all(torch.equal(a, b) for a, b in zip(dev[0][2], dev[-1][2]))  # and it did train
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lion_found_inf_skips_or_steps_like_the_plain_step(foreach):
+    """Lion's own loop and foreach kernels, driven directly as torch.amp.GradScaler would (1-element found_inf)."""
+    torch.manual_seed(0)
+    shapes = [(4, 3), (5,), ()]
+    ref = [torch.randn(s) for s in shapes]
+    params = [p.clone() for p in ref]
+    opt_ref = Lion(ref, lr=1e-2, weight_decay=0.1, foreach=foreach)
+    opt = Lion(params, lr=1e-2, weight_decay=0.1, foreach=foreach)
+    for step in range(6):
+        grads = [torch.randn(s) for s in shapes]
+        skip = step in (2, 4)
+        if skip:
+            grads[0][0, 0] = float("inf")
+        for p, r, g in zip(params, ref, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        before = [p.clone() for p in params]
+        if not skip:
+            opt_ref.step()
+        opt.found_inf, opt.grad_scale = torch.tensor([1.0 if skip else 0.0]), None
+        with NoHostReads():
+            opt.step()
+        opt.found_inf = None
+        assert all(torch.equal(p, r) for p, r in zip(params, ref))
+        assert all(torch.equal(opt.state[p]["exp_avg"], opt_ref.state[r]["exp_avg"]) for p, r in zip(params, ref))
+        if skip:
+            assert all(torch.equal(p, b) for p, b in zip(params, before))
