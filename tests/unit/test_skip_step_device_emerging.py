@@ -46,8 +46,8 @@ def run(config: OptimizerConfig, on_device: bool, steps: int = 30):
         if on_device:
             assert not opt.prepare_grads()
             with NoHostReads():
-                updated, norm, _ = opt._step_with_device_decision()
-            updated, norm = bool(updated), float(norm)
+                result = opt._step_with_device_decision()
+            updated, norm, _ = opt._finish_device_step(*result)  # what step() does after the update is queued
         else:
             updated, norm, _ = opt.step()
         record.append((updated, norm, [p.detach().clone() for p in model.parameters()], state_snapshot(opt)))
@@ -69,6 +69,9 @@ CONFIGS = {
     "normuon": OptimizerConfig(optimizer="adaptive_muon", adaptive_muon_moment2_method="normuon", lr=1e-2,
                                muon_fp32_matmul_prec="highest", standard_backend="torch_fused"),
     "lion": OptimizerConfig(optimizer="lion", lr=1e-3, weight_decay=0.1),
+    "soap": OptimizerConfig(optimizer="soap", lr=1e-2, soap_precondition_frequency=3, standard_backend="torch_fused"),
+    "soap_l2_clipped": OptimizerConfig(optimizer="soap", lr=1e-2, soap_precondition_frequency=2, soap_max_update_rms=0.5,
+                                       decoupled_weight_decay=False, weight_decay=0.1, standard_backend="torch_fused"),
 }
 
 
@@ -118,3 +121,44 @@ def test_lion_found_inf_skips_or_steps_like_the_plain_step(foreach):
         assert all(torch.equal(opt.state[p]["exp_avg"], opt_ref.state[r]["exp_avg"]) for p, r in zip(params, ref))
         if skip:
             assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("reports_outcome", [True, False])
+def test_soap_found_inf_keeps_step_count_basis_and_statistics_on_skipped_steps(reports_outcome):
+    """Skips on the first step (the eigh branch) and on refresh steps (f = 2) leave SOAP's state bitwise alone.
+
+    A caller that reports each outcome (as MegatronOptimizer.step does) gets steps without a host read;
+    one that does not costs SOAP one read of its step counter per step, with the same bits."""
+    from megatron_opt.emerging.soap import SOAP
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (4, 4)]
+    ref = [torch.randn(s) for s in shapes]
+    params = [p.clone() for p in ref]
+    kwargs = dict(lr=1e-2, precondition_frequency=2, weight_decay=0.1)
+    opt_ref, opt = SOAP(ref, **kwargs), SOAP(params, **kwargs)
+    opt_ref.init_state()
+    opt.init_state()
+    skips = {0, 3, 4, 7}
+    for step in range(10):
+        grads = [torch.randn(s) for s in shapes]
+        skip = step in skips
+        if skip:
+            grads[1][2, 1] = float("nan")
+        for p, r, g in zip(params, ref, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        if not skip:
+            opt_ref.step()
+        opt.found_inf, opt.grad_scale = torch.tensor([1.0 if skip else 0.0]), None
+        if reports_outcome:
+            with NoHostReads():
+                opt.step()
+            opt.note_step_outcome(skipped=skip)
+        else:
+            opt.step()
+        opt.found_inf = None
+        assert all(torch.equal(p, r) for p, r in zip(params, ref)), step
+        for p, r in zip(params, ref):
+            assert opt.state[p].keys() == opt_ref.state[r].keys()
+            assert all(torch.equal(opt.state[p][k], opt_ref.state[r][k]) for k in opt.state[p]), step
+    assert int(opt.state[params[0]]["step"]) == 10 - len(skips)
