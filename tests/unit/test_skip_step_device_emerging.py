@@ -16,6 +16,7 @@ import torch
 from host_reads import NoHostReads
 from tiny_models import TinyLM, lm_loss
 from megatron_opt import OptimizerConfig, get_megatron_optimizer
+from megatron_opt.distributed import DDPConfig, DistributedDataParallel
 from megatron_opt.emerging.lion import Lion
 
 SPIKE_LOSS_STEP, SPIKE_GRAD_STEP = 15, 22
@@ -30,18 +31,34 @@ def state_snapshot(opt) -> List[Dict[str, torch.Tensor]]:
     return out
 
 
-def run(config: OptimizerConfig, on_device: bool, steps: int = 30):
+def build_model(config: OptimizerConfig) -> torch.nn.Module:
+    """TinyLM; bf16 and wrapped in our DDP (one process) for the ZeRO-1 / layer-wise wrappers."""
     model = TinyLM()
+    if not (config.use_distributed_optimizer or config.use_layer_wise_distributed_optimizer):
+        return model
+    return DistributedDataParallel(model.to(torch.bfloat16), DDPConfig(use_distributed_optimizer=config.use_distributed_optimizer, bucket_size=300))
+
+
+def grads_of(model: torch.nn.Module) -> List[torch.Tensor]:
+    return [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad for p in model.parameters()]
+
+
+def run(config: OptimizerConfig, on_device: bool, steps: int = 30):
+    model = build_model(config)
     opt = get_megatron_optimizer(config, [model])
     opt.skip_on_device = on_device
     record = []
     for step in range(steps):
+        if hasattr(model, "zero_grad_buffer"):
+            model.zero_grad_buffer()
         opt.zero_grad()
         loss = lm_loss(model, step)
         loss.backward()
+        if hasattr(model, "finish_grad_sync"):
+            model.finish_grad_sync()
         if step == SPIKE_GRAD_STEP:
-            for p in model.parameters():
-                p.grad.mul_(100.0)
+            for g in grads_of(model):
+                g.mul_(100.0)
         opt.observe_loss(loss.item() * (1000.0 if step == SPIKE_LOSS_STEP else 1.0))
         if on_device:
             assert not opt.prepare_grads()
@@ -72,6 +89,12 @@ CONFIGS = {
     "soap": OptimizerConfig(optimizer="soap", lr=1e-2, soap_precondition_frequency=3, standard_backend="torch_fused"),
     "soap_l2_clipped": OptimizerConfig(optimizer="soap", lr=1e-2, soap_precondition_frequency=2, soap_max_update_rms=0.5,
                                        decoupled_weight_decay=False, weight_decay=0.1, standard_backend="torch_fused"),
+    # ZeRO-1 (main shards copied back into the bf16 params and gathered) and layer-wise (bf16 main params)
+    "zero1_lion_bf16": OptimizerConfig(optimizer="lion", lr=1e-3, weight_decay=0.1, bf16=True, use_distributed_optimizer=True),
+    "layer_wise_muon_bf16": OptimizerConfig(optimizer="muon", lr=1e-2, muon_fp32_matmul_prec="highest", bf16=True,
+                                            use_layer_wise_distributed_optimizer=True, standard_backend="torch_fused"),
+    "layer_wise_soap_bf16": OptimizerConfig(optimizer="soap", lr=1e-2, soap_precondition_frequency=2, bf16=True,
+                                            use_layer_wise_distributed_optimizer=True, standard_backend="torch_fused"),
 }
 
 
