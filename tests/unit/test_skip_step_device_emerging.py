@@ -185,3 +185,36 @@ def test_soap_found_inf_keeps_step_count_basis_and_statistics_on_skipped_steps(r
             assert opt.state[p].keys() == opt_ref.state[r].keys()
             assert all(torch.equal(opt.state[p][k], opt_ref.state[r][k]) for k in opt.state[p]), step
     assert int(opt.state[params[0]]["step"]) == 10 - len(skips)
+
+
+@pytest.mark.parametrize("name", ["lion", "muon", "soap"])
+def test_torch_grad_scaler_drives_our_optimizers_through_grad_scale_and_found_inf(name):
+    """torch.amp.GradScaler hands still-scaled grads (grad_scale) and its found_inf to ``step()``: the same bits
+    as stepping on the unscaled grads (a power-of-two scale is exact), and the inf step is skipped."""
+    from megatron_opt.emerging.muon import TensorParallelMuon
+    from megatron_opt.emerging.soap import SOAP
+
+    make = {"lion": lambda ps: Lion(ps, lr=1e-2, weight_decay=0.1),
+            "muon": lambda ps: TensorParallelMuon(ps, lr=1e-2, fp32_matmul_prec="highest"),
+            "soap": lambda ps: SOAP(ps, lr=1e-2, precondition_frequency=2)}[name]
+    torch.manual_seed(0)
+    w_ref = torch.nn.Parameter(torch.randn(6, 4))
+    w = torch.nn.Parameter(w_ref.detach().clone())
+    opt_ref, opt = make([w_ref]), make([w])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    for step in range(6):
+        x = torch.randn(3, 4)
+        (x @ w_ref.T).square().mean().backward()
+        scaler.scale((x @ w.T).square().mean()).backward()
+        if step == 3:
+            w.grad[0, 0] = float("inf")
+        else:
+            opt_ref.step()
+        scaler.step(opt)
+        scaler.update()
+        assert torch.equal(w, w_ref), step
+        if step != 3:  # unscaled in place, as torch's fused kernels do (our updates are nearly scale-free)
+            assert torch.equal(w.grad, w_ref.grad), step
+        opt.zero_grad()
+        opt_ref.zero_grad()
+    assert scaler.get_scale() == 512.0  # the inf step halved the scale
