@@ -226,8 +226,9 @@ class MegatronOptimizer(ABC):
 
     def _step_with_device_decision(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[float]]:
         """Norm, non-finite / threshold / rolling-window test, clipping and the update, without a host read
-        when every inner optimizer takes a device-side skip (``found_inf``: torch's fused Adam/AdamW/SGD);
-        otherwise one read of the decision before the update. Returns (updated, grad_norm) as tensors."""
+        when every inner optimizer takes a device-side skip (``found_inf``: torch's fused Adam/AdamW/SGD, our
+        Muon family, Lion, SOAP); otherwise one read of the decision before the update. Returns (updated,
+        grad_norm) as tensors; ``_finish_device_step`` reads them."""
         grad_norm = self.get_grad_norm_tensor()
         norm64 = grad_norm.to(torch.float64)
         rejected = ~torch.isfinite(norm64) | (norm64 > self.config.grad_norm_skip_threshold)
