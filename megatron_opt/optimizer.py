@@ -211,8 +211,7 @@ class MegatronOptimizer(ABC):
         if self.prepare_grads():
             return False, None, None
         if self._skip_decided_on_device():
-            updated, grad_norm, num_zeros = self._step_with_device_decision()
-            return bool(updated), float(grad_norm), num_zeros  # the host reads, after the update is queued
+            return self._finish_device_step(*self._step_with_device_decision())
         grad_norm = self.get_grad_norm()
         # A non-finite norm (nan/inf gradient without a loss scaler to catch it) skips the update on
         # every rank alike: the norm is reduced over reduce_group, and skip_group (the DP replicas of
@@ -241,8 +240,9 @@ class MegatronOptimizer(ABC):
 
     def _step_with_device_decision(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[float]]:
         """Norm, non-finite / threshold / rolling-window test, clipping and the update, without a host read
-        when every inner optimizer takes a device-side skip (``found_inf``: torch's fused Adam/AdamW/SGD);
-        otherwise one read of the decision before the update. Returns (updated, grad_norm) as tensors."""
+        when every inner optimizer takes a device-side skip (``found_inf``: torch's fused Adam/AdamW/SGD, our
+        Muon family, Lion, SOAP); otherwise one read of the decision before the update. Returns (updated,
+        grad_norm) as tensors; ``_finish_device_step`` reads them."""
         grad_norm = self.get_grad_norm_tensor()
         norm64 = grad_norm.to(torch.float64)
         rejected = ~torch.isfinite(norm64) | (norm64 > self.config.grad_norm_skip_threshold)
@@ -265,6 +265,15 @@ class MegatronOptimizer(ABC):
         if bool(skip):  # this inner optimizer cannot skip on device: one host read of the decision
             return torch.zeros((), dtype=torch.bool), grad_norm, num_zeros
         return torch.tensor(bool(self.step_with_ready_grads())), grad_norm, num_zeros
+
+    def _finish_device_step(self, updated: torch.Tensor, grad_norm: torch.Tensor, num_zeros: Optional[float]) -> StepResult:
+        """The host reads the result, after the update is queued, and tells the inner optimizers that keep a
+        host-side step count (SOAP: ``note_step_outcome``) how the step they were handed ended."""
+        accepted = bool(updated)
+        for o in self._inner_optimizers():
+            if hasattr(o, "note_step_outcome"):
+                o.note_step_outcome(skipped=not accepted)
+        return accepted, float(grad_norm), num_zeros
 
     def _device_skip_detector(self, device: torch.device) -> DeviceSkipStepDetector:
         """Replaces the float detector on first use, carrying its window over."""

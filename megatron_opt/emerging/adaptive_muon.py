@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from megatron_opt.config import MOMENT2_METHODS
+from megatron_opt.emerging.device_skip import lerp_
 from megatron_opt.emerging.muon import TensorParallelMuon
 from megatron_opt.errors import config_error
 
@@ -66,22 +67,22 @@ class TensorParallelAdaptiveMuon(TensorParallelMuon):
         else:
             state["moment2_buffer"] = torch.zeros((), dtype=torch.float32, device=p.device)
 
-    def _precondition(self, p, state, group, direction, ortho):
+    def _precondition(self, p, state, group, direction, ortho, mask=None):
         beta2, eps = group["beta2"], group["eps"]
-        v = state["moment2_buffer"]
+        v = state["moment2_buffer"]  # each lerp_ below returns the new V (masked write with a skip mask)
         if self.moment2_method == "adamuon":
-            v.lerp_(ortho.square(), 1.0 - beta2)
+            v = lerp_(v, ortho.square(), 1.0 - beta2, mask)
             return ortho / v.sqrt().add_(eps)
         if self.moment2_method == "normuon":
             d = self._reduced_dim(p)
             m, n = self.plan(p).global_shape
             row_or_col_sq = self._sum_over_shards(ortho.square().sum(dim=d, keepdim=True), p, (d + 2,))
-            v.lerp_(row_or_col_sq.div_(n if d == -1 else m), 1.0 - beta2)
+            v = lerp_(v, row_or_col_sq.div_(n if d == -1 else m), 1.0 - beta2, mask)
             update = ortho * v.clamp(min=eps).rsqrt()
             sq_norms = self._sum_over_shards(torch.stack([ortho.square().sum(), update.square().sum()]), p, (0, 1))
             return update.mul_(sq_norms[0].sqrt() / sq_norms[1].sqrt().clamp(min=eps))
         c_sq_norm = self._sum_over_shards(direction.float().square().sum(), p, (0, 1))
-        v.lerp_(c_sq_norm, 1.0 - beta2)
+        v = lerp_(v, c_sq_norm, 1.0 - beta2, mask)
         return ortho * (c_sq_norm.sqrt() / (v.sqrt() + eps))
 
 

@@ -20,6 +20,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from megatron_opt.errors import config_error
+from megatron_opt.emerging import device_skip
+from megatron_opt.emerging.device_skip import SkipMask, skip_mask_of
 from megatron_opt.emerging.grads import gradient_of as _gradient_of
 
 _Key = Tuple[torch.device, torch.dtype]
@@ -40,7 +42,12 @@ class Lion(torch.optim.Optimizer):
     ``foreach``: ``True`` updates each (device, dtype) bucket with ``torch._foreach_*`` kernels, ``False``
     loops over tensors; ``None`` picks foreach when every parameter lives off the CPU. Both paths give
     the same bits.
+
+    ``found_inf`` (set by the caller, as for torch's fused optimizers) skips the step on device: every
+    write is masked, nothing is read back (``megatron_opt.emerging.device_skip``).
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -84,8 +91,9 @@ class Lion(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, moments = self._collect(group)
+        collected = [self._collect(group) for group in self.param_groups]
+        mask = skip_mask_of(self, [g for _, grads, _ in collected for g in grads])
+        for group, (params, grads, moments) in zip(self.param_groups, collected):
             if not params:
                 continue
             use_foreach = group.get("foreach")
@@ -101,6 +109,7 @@ class Lion(torch.optim.Optimizer):
                 beta2=group["betas"][1],
                 weight_decay=group["weight_decay"],
                 decoupled=group.get("use_decoupled_weight_decay", True),
+                mask=mask,
             )
         return loss
 
@@ -129,16 +138,17 @@ def _single_tensor_lion(
     beta2: float,
     weight_decay: float,
     decoupled: bool,
+    mask: Optional[SkipMask] = None,
 ) -> None:
     """The straightforward loop; the reference the foreach path must match bit for bit."""
     for p, g, m in zip(params, grads, moments):
         if weight_decay != 0:
             if decoupled:
-                p.mul_(1.0 - lr * weight_decay)
+                device_skip.mul_(p, 1.0 - lr * weight_decay, mask)
             else:
                 g = g.add(p, alpha=weight_decay)  # a copy: the model's gradient stays as it was
-        p.add_(m.lerp(g, 1.0 - beta1).sign_(), alpha=-lr)
-        m.lerp_(g, 1.0 - beta2)
+        device_skip.add_(p, m.lerp(g, 1.0 - beta1).sign_(), -lr, mask)
+        device_skip.lerp_(m, g, 1.0 - beta2, mask)
 
 
 def _multi_tensor_lion(
@@ -151,18 +161,27 @@ def _multi_tensor_lion(
     beta2: float,
     weight_decay: float,
     decoupled: bool,
+    mask: Optional[SkipMask] = None,
 ) -> None:
-    """Same arithmetic as ``_single_tensor_lion``, one foreach kernel per op per (device, dtype) bucket."""
+    """Same arithmetic as ``_single_tensor_lion``, one foreach kernel per op per (device, dtype) bucket.
+
+    With a skip ``mask`` the new values are computed out of place and written with one select each."""
     for p_b, g_b, m_b in _buckets(params, grads, moments):
+        new_p = p_b if mask is None else [p.clone() for p in p_b]
         if weight_decay != 0:
             if decoupled:
-                torch._foreach_mul_(p_b, 1.0 - lr * weight_decay)
+                torch._foreach_mul_(new_p, 1.0 - lr * weight_decay)
             else:
                 g_b = torch._foreach_add(g_b, p_b, alpha=weight_decay)
         direction = torch._foreach_lerp(m_b, g_b, 1.0 - beta1)
         torch._foreach_sign_(direction)
-        torch._foreach_add_(p_b, direction, alpha=-lr)
-        torch._foreach_lerp_(m_b, g_b, 1.0 - beta2)
+        torch._foreach_add_(new_p, direction, alpha=-lr)
+        if mask is None:
+            torch._foreach_lerp_(m_b, g_b, 1.0 - beta2)
+            continue
+        new_m = torch._foreach_lerp(m_b, g_b, 1.0 - beta2)
+        for dst, new in zip(p_b + m_b, new_p + list(new_m)):
+            mask.keep_or_write_(dst, new)
 
 
 def _buckets(params, grads, moments):

@@ -27,6 +27,8 @@ from megatron_opt.emerging.newton_schulz import fp32_matmul_precision, iteration
 from megatron_opt.errors import config_error
 from megatron_opt.ns_coefficients import Triple, coefficients_for_steps
 from megatron_opt.parallel import ProcessGroup, all_reduce, group_size
+from megatron_opt.emerging import device_skip
+from megatron_opt.emerging.device_skip import SkipMask, skip_mask_of
 from megatron_opt.emerging.grads import gradient_of
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,13 @@ class TensorParallelMuon(torch.optim.Optimizer):
 
     ``tp_mode``: ``duplicated`` (all-gather, full NS, keep own chunk), ``distributed`` (sharded NS with
     all-reduced Grams; same result), ``blockwise`` (each shard on its own; scale from the local shape).
+
+    ``found_inf`` (set by the caller, as for torch's fused optimizers) skips the step on device: decay,
+    momentum, second moments and the update are masked writes, nothing is read back
+    (``megatron_opt.emerging.device_skip``). Newton–Schulz still runs on a skipped step.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -197,44 +205,42 @@ class TensorParallelMuon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with_grads = [(p, g, group) for group in self.param_groups for p in group["params"] if (g := gradient_of(p)) is not None]
+        mask = skip_mask_of(self, [g for _, g, _ in with_grads])
         work = []  # (param, state, group, direction)
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = gradient_of(p)
-                if g is None:
-                    continue
-                state = self._state_of(p)
-                work.append((p, state, group, self._momentum_direction(p, g, state, group)))
+        for p, g, group in with_grads:
+            state = self._state_of(p)
+            work.append((p, state, group, self._momentum_direction(p, g, state, group, mask)))
         if not work:
             return loss
         with fp32_matmul_precision(self.fp32_matmul_prec):
             orthogonalized = self._orthogonalize_all([(p, d) for p, _, _, d in work])
         for (p, state, group, direction), ortho in zip(work, orthogonalized):
-            update = self._precondition(p, state, group, direction, ortho)
-            self._apply_update(p, update, group)
+            update = self._precondition(p, state, group, direction, ortho, mask)
+            self._apply_update(p, update, group, mask)
         return loss
 
-    def _momentum_direction(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+    def _momentum_direction(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict,
+                            mask: Optional[SkipMask] = None) -> torch.Tensor:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
         if wd != 0:
             if self.use_decoupled_weight_decay:
-                p.mul_(1.0 - lr * wd)
+                device_skip.mul_(p, 1.0 - lr * wd, mask)
             else:
                 g = g.add(p, alpha=wd)  # L2 into a copy: p.grad / main_grad stay as the model left them
-        buf = state["momentum_buffer"]
-        buf.lerp_(g, 1.0 - mu)
+        buf = device_skip.lerp_(state["momentum_buffer"], g, 1.0 - mu, mask)
         return g.lerp(buf, mu) if self.nesterov else buf
 
-    def _precondition(self, p, state, group, direction, ortho):
+    def _precondition(self, p, state, group, direction, ortho, mask: Optional[SkipMask] = None):
         """Hook between NS and the update (adaptive variants); Muon uses the NS output as is."""
         return ortho
 
-    def _apply_update(self, p: torch.Tensor, update: torch.Tensor, group: dict) -> None:
+    def _apply_update(self, p: torch.Tensor, update: torch.Tensor, group: dict, mask: Optional[SkipMask] = None) -> None:
         """p ← p − lr · extra · scale(block) · U, block by block (one block unless split QKV)."""
         plan = self.plan(p)
         step = -group["lr"] * group["extra_scale_factor"]
         for p_block, u_block, scale in zip(_local_blocks(p, plan.qkv_split), _local_blocks(update, plan.qkv_split), plan.block_scales):
-            p_block.add_(u_block.to(p.dtype), alpha=step * scale)
+            device_skip.add_(p_block, u_block.to(p.dtype), step * scale, mask)
 
     # ---- Newton–Schulz over all matrices of the step -----------------------------------------
 

@@ -42,11 +42,13 @@ is preconditioned as the local matrix it is (blockwise).
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from megatron_opt.errors import config_error
+from megatron_opt.emerging import device_skip
+from megatron_opt.emerging.device_skip import SkipMask, skip_mask_of
 from megatron_opt.emerging.grads import gradient_of as _gradient_of
 
 _RMS_EPS = 1e-12
@@ -110,7 +112,17 @@ def clip_update_rms_(update: torch.Tensor, max_rms: float) -> None:
 
 
 class SOAP(torch.optim.Optimizer):
-    """Shampoo-preconditioned Adam for 2-D parameters; see the module docstring for the update."""
+    """Shampoo-preconditioned Adam for 2-D parameters; see the module docstring for the update.
+
+    ``found_inf`` (set by the caller, as for torch's fused optimizers) skips the step on device: every
+    state write, the step counter and the basis included, is masked (``device_skip``). Which basis
+    update a step makes (step-1 eigh, refresh every ``f``-th) depends on the count of accepted steps,
+    so the host keeps that count: the caller reports each outcome it has read anyway
+    (``note_step_outcome``, ``MegatronOptimizer.step`` does). When the count is unknown on the host (a
+    caller that does not report, a state changed in place from outside) the step reads it once.
+    """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -140,6 +152,9 @@ class SOAP(torch.optim.Optimizer):
         )
         _check_hyperparameters(**defaults)
         super().__init__(params, defaults)
+        # Per param: (value of state["step"], that tensor, its _version) as last known on the host.
+        self._host_steps: Dict[torch.Tensor, Tuple[int, torch.Tensor, int]] = {}
+        self._awaiting_outcome: List[torch.Tensor] = []  # stepped with found_inf, outcome not reported yet
 
     def add_param_group(self, param_group: dict) -> None:
         """Refuse non-matrices up front, naming the shape, rather than failing inside a matmul later."""
@@ -172,7 +187,36 @@ class SOAP(torch.optim.Optimizer):
             # Step 1 runs in the identity basis; eigh replaces it at the end of step 1.
             state["Q_L"] = torch.eye(rows, **kw)
             state["Q_R"] = torch.eye(cols, **kw)
+            self._remember_step(p, state, 0)
         return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._awaiting_outcome = []
+        for p, state in self.state.items():
+            if "step" in state:
+                self._remember_step(p, state, int(state["step"].item()))
+
+    # ---- the accepted-step count on the host ------------------------------------------------------
+
+    def _remember_step(self, p: torch.Tensor, state: dict, count: int) -> None:
+        step = state["step"]
+        self._host_steps[p] = (count, step, step._version)
+
+    def _known_step(self, p: torch.Tensor, state: dict) -> Optional[int]:
+        """state["step"] as the host knows it, or None if it was replaced or changed since (no read)."""
+        known = self._host_steps.get(p)
+        if known is None or known[1] is not state["step"] or known[2] != state["step"]._version:
+            return None
+        return known[0]
+
+    def note_step_outcome(self, skipped: bool) -> None:
+        """The caller's host copy of the decision it gave as ``found_inf`` (read after the update was queued)."""
+        for p in self._awaiting_outcome:
+            known = self._host_steps.get(p)
+            if known is not None:
+                self._host_steps[p] = (known[0] + (0 if skipped else 1),) + known[1:]
+        self._awaiting_outcome = []
 
     # ---- step ----------------------------------------------------------------------------------
 
@@ -182,12 +226,17 @@ class SOAP(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = _gradient_of(p)
-                if g is None:
-                    continue
+        work = [(p, g, group) for group in self.param_groups for p in group["params"] if (g := _gradient_of(p)) is not None]
+        mask = skip_mask_of(self, [g for _, g, _ in work])
+        for p in self._awaiting_outcome:  # nobody reported how that device-decided step ended
+            self._host_steps.pop(p, None)
+        self._awaiting_outcome = []
+        for p, g, group in work:
+            if mask is None:
                 self._update_param(p, g, self._state_of(p), group)
+            else:
+                self._update_param_masked(p, g, self._state_of(p), group, mask)
+                self._awaiting_outcome.append(p)
         return loss
 
     def _update_param(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> None:
@@ -198,6 +247,7 @@ class SOAP(torch.optim.Optimizer):
             g = g + wd * p.to(g.dtype)  # a new tensor: the model's gradient stays as it was
         state["step"] += 1
         k = int(state["step"].item())
+        self._remember_step(p, state, k)
         update = self._adam_direction(state, g, k, group)
         clip_update_rms_(update, group["max_update_rms"])
         if wd != 0 and decoupled:
@@ -206,39 +256,72 @@ class SOAP(torch.optim.Optimizer):
         self._update_factors(state, g, group["shampoo_beta"])
         self._update_basis(state, g, k, group)
 
-    @staticmethod
-    def _update_factors(state: dict, g: torch.Tensor, shampoo_beta: float) -> None:
-        # Plain β·F + (1 − β)·(outer product): eigh's choice inside a degenerate eigenspace (a rectangular
-        # matrix's null space on step 1) depends on the last bit, so the arithmetic is kept unsurprising.
-        state["L"].mul_(shampoo_beta).add_((g @ g.T).mul_(1.0 - shampoo_beta))
-        state["R"].mul_(shampoo_beta).add_((g.T @ g).mul_(1.0 - shampoo_beta))
+    def _update_param_masked(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict, mask: SkipMask) -> None:
+        """``_update_param`` with every write masked by the device decision; ``k`` is the count if accepted."""
+        lr, wd = group["lr"], group["weight_decay"]
+        decoupled = group["use_decoupled_weight_decay"]
+        before = self._known_step(p, state)
+        if before is None:
+            before = int(state["step"].item())  # unknown on the host: the one read this path can make
+        if state["step"].device != p.device:  # the counter joins the decision's device
+            state["step"] = state["step"].to(p.device)
+        k = before + 1
+        g = g.to(state["exp_avg"].dtype)
+        if wd != 0 and not decoupled:
+            g = g + wd * p.to(g.dtype)
+        update = self._adam_direction(state, g, k, group, mask)
+        clip_update_rms_(update, group["max_update_rms"])
+        if wd != 0 and decoupled:
+            device_skip.mul_(p, 1.0 - lr * wd, mask)
+        device_skip.add_(p, update.to(p.dtype), -lr, mask)
+        self._update_factors(state, g, group["shampoo_beta"], mask)
+        self._update_basis(state, g, k, group, mask)
+        device_skip.write_(state["step"], state["step"] + 1, mask)
+        self._remember_step(p, state, before)  # note_step_outcome adds the step once it is known
 
     @staticmethod
-    def _update_basis(state: dict, g: torch.Tensor, k: int, group: dict) -> None:
-        """The basis for the next step; in place, so holders of the state tensors see the new one."""
+    def _update_factors(state: dict, g: torch.Tensor, shampoo_beta: float, mask: Optional[SkipMask] = None) -> None:
+        # Plain β·F + (1 − β)·(outer product): eigh's choice inside a degenerate eigenspace (a rectangular
+        # matrix's null space on step 1) depends on the last bit, so the arithmetic is kept unsurprising.
+        if mask is None:
+            state["L"].mul_(shampoo_beta).add_((g @ g.T).mul_(1.0 - shampoo_beta))
+            state["R"].mul_(shampoo_beta).add_((g.T @ g).mul_(1.0 - shampoo_beta))
+            return
+        device_skip.write_(state["L"], state["L"].mul(shampoo_beta).add_((g @ g.T).mul_(1.0 - shampoo_beta)), mask)
+        device_skip.write_(state["R"], state["R"].mul(shampoo_beta).add_((g.T @ g).mul_(1.0 - shampoo_beta)), mask)
+
+    @staticmethod
+    def _update_basis(state: dict, g: torch.Tensor, k: int, group: dict, mask: Optional[SkipMask] = None) -> None:
+        """The basis for the next step; in place, so holders of the state tensors see the new one.
+
+        With a skip ``mask`` the factors are already masked (finite), the new basis is computed as if the
+        step were accepted and written only if it is."""
         if k == 1:
             q_l, q_r = eigenbasis(state["L"]), eigenbasis(state["R"])
-            state["Q_L"].copy_(q_l)
-            state["Q_R"].copy_(q_r)
+            device_skip.write_(state["Q_L"], q_l, mask)
+            device_skip.write_(state["Q_R"], q_r, mask)
             g_rot = q_l.T @ g @ q_r
-            state["exp_avg_sq"].copy_(g_rot.square_().mul_(1.0 - group["betas"][1]))
+            device_skip.write_(state["exp_avg_sq"], g_rot.square_().mul_(1.0 - group["betas"][1]), mask)
         elif k % group["precondition_frequency"] == 0:
             steps = group["power_iter_steps"]
             q_l, rows = refresh_eigenbasis(state["L"], state["Q_L"], steps)
             q_r, cols = refresh_eigenbasis(state["R"], state["Q_R"], steps)
-            state["Q_L"].copy_(q_l)
-            state["Q_R"].copy_(q_r)
-            state["exp_avg_sq"].copy_(state["exp_avg_sq"][rows][:, cols])
+            device_skip.write_(state["Q_L"], q_l, mask)
+            device_skip.write_(state["Q_R"], q_r, mask)
+            device_skip.write_(state["exp_avg_sq"], state["exp_avg_sq"][rows][:, cols], mask)
 
     @staticmethod
-    def _adam_direction(state: dict, g: torch.Tensor, k: int, group: dict) -> torch.Tensor:
-        """Adam in the eigenbasis, mapped back to the parameter's coordinates."""
+    def _adam_direction(state: dict, g: torch.Tensor, k: int, group: dict, mask: Optional[SkipMask] = None) -> torch.Tensor:
+        """Adam in the eigenbasis, mapped back to the parameter's coordinates (the new moments, masked writes)."""
         beta1, beta2 = group["betas"]
         q_l, q_r = state["Q_L"], state["Q_R"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(g, 1.0 - beta1)
+        exp_avg = device_skip.lerp_(state["exp_avg"], g, 1.0 - beta1, mask)
         g_rot = q_l.T @ g @ q_r
-        exp_avg_sq.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+        exp_avg_sq = state["exp_avg_sq"]
+        if mask is None:
+            exp_avg_sq.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+        else:
+            exp_avg_sq = device_skip.write_(exp_avg_sq, exp_avg_sq.mul(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2), mask)
         c1, c2 = (1.0 - beta1**k, 1.0 - beta2**k) if group["correct_bias"] else (1.0, 1.0)
         denom = (exp_avg_sq / c2).sqrt_().add_(group["eps"])
         u_rot = (q_l.T @ exp_avg @ q_r).div_(c1).div_(denom)

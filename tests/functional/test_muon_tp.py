@@ -27,6 +27,7 @@ def test_muon_tensor_parallel_modes():
     expected = {f"{v}.{c}" for v in ("muon", "muon_split_qkv", "adamuon", "normuon", "namo")
                 for c in ("duplicated_vs_tp1", "distributed_vs_duplicated(relative)", "weights_moved(negated)")}
     expected |= {"muon.blockwise_vs_per_shard_muon", "muon.blockwise_differs_from_tp1(negated)"}
+    expected |= {f"{v}.{m}_device_skip_vs_host_skip" for v in ("muon_split_qkv", "normuon") for m in ("duplicated", "distributed")}
     assert set(results) == expected
     for name, (diff, tol) in results.items():
         assert diff <= tol, f"{name}: {diff} > {tol}"

@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 
+from host_reads import NoHostReads
 from tiny_models import TinyLM, lm_loss
 from megatron_opt import OptimizerConfig, get_megatron_optimizer
 from megatron_opt.skip_step import DeviceSkipStepDetector, SkipStepDetector
@@ -109,25 +110,6 @@ def test_device_decision_trains_bitwise_like_the_float_path(config):
     assert opt_d.skip_detector.state_dict() == opt_f.skip_detector.state_dict()
 
 
-class _NoHostReads:
-    """Makes every tensor → host read raise while active (the device path must not need one)."""
-
-    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
-
-        def refuse(*args, **kwargs):
-            raise AssertionError("host read inside the device-side skip-step path")
-
-        for n in self.NAMES:
-            setattr(torch.Tensor, n, refuse)
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
-
-
 def test_fused_adam_path_decides_and_updates_without_reading_back():
     model = TinyLM()
     opt = get_megatron_optimizer(OptimizerConfig(lr=1e-2, skip_step_sigma=3.0, standard_backend="torch_fused"), [model])
@@ -140,7 +122,7 @@ def test_fused_adam_path_decides_and_updates_without_reading_back():
         opt.observe_loss(loss.item())
         opt.prepare_grads()
         before = [p.detach().clone() for p in model.parameters()]
-        with _NoHostReads():
+        with NoHostReads():
             updated, norm, _ = opt._step_with_device_decision()
         assert bool(updated) and float(norm) > 0
         assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -48,8 +48,11 @@ def make_param(w: torch.Tensor, pdim, is_qkv: bool) -> torch.nn.Parameter:
     return p
 
 
-def run(cls, kwargs, problem, shard_of=None, group=None):
-    """Run STEPS steps; with ``shard_of`` (tp_size, rank) every tensor is this rank's shard."""
+def run(cls, kwargs, problem, shard_of=None, group=None, skip=None, skip_on_device=False):
+    """Run STEPS steps; with ``shard_of`` (tp_size, rank) every tensor is this rank's shard.
+
+    ``skip``: that step gets a nan gradient and is skipped, by not stepping or (``skip_on_device``) by
+    stepping with ``found_inf`` set, as MegatronOptimizer's device path does."""
     params, grads = [], []
     for w, gs, pdim, qkv in problem.values():
         if shard_of is not None:
@@ -62,7 +65,14 @@ def run(cls, kwargs, problem, shard_of=None, group=None):
     for step in range(STEPS):
         for p, gs in zip(params, grads):
             p.grad = gs[step].clone()
+        if step == skip:
+            params[0].grad[0, 0] = float("nan")
+            if not skip_on_device:
+                continue
+        if skip_on_device:
+            opt.found_inf, opt.grad_scale = torch.tensor(float(step == skip)), None
         opt.step()
+        opt.found_inf = None
     return {name: p.detach() for name, p in zip(problem, params)}
 
 
@@ -99,6 +109,14 @@ def main() -> int:
         # the weights moved, because adamuon's elementwise O/sqrt(V) magnifies rounding where |O| is small.
         checks.append((f"{label}.distributed_vs_duplicated(relative)", max_diff(distr, dup) / moved, 5e-5))
         checks.append((f"{label}.weights_moved(negated)", -moved, -1e-2))
+
+    # a skipped step decided on device runs NS (and its TP collectives) on every rank, writes nothing.
+    for label, cls, kwargs in (variants[1], variants[3]):
+        for mode in ("duplicated", "distributed"):
+            kw = dict(kwargs, tp_mode=mode)
+            host = run(cls, kw, problem, (2, rank), tp, skip=1)
+            device = run(cls, kw, problem, (2, rank), tp, skip=1, skip_on_device=True)
+            checks.append((f"{label}.{mode}_device_skip_vs_host_skip", max_diff(device, host), 0.0))
 
     # blockwise at TP=2 == Muon run separately (no TP) on each shard.
     block_kwargs = dict(COMMON, split_qkv=True)
