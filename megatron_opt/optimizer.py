@@ -38,7 +38,8 @@ from megatron_opt.clip_grads import (
 )
 from megatron_opt.config import OptimizerConfig
 from megatron_opt.grad_scaler import MegatronGradScaler
-from megatron_opt.parallel import ProcessGroup, all_reduce, default_device, group_size
+from megatron_opt.parallel import ProcessGroup, all_reduce, default_device
+from megatron_opt.rank_agreement import any_rank, any_rank_on_device
 from megatron_opt.skip_step import DeviceSkipStepDetector, SkipStepDetector
 
 StepResult = Tuple[bool, Optional[float], Optional[float]]
@@ -101,14 +102,6 @@ def _unscale_and_find_inf(grads: List[torch.Tensor], grad_scaler: MegatronGradSc
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
     all_reduce(found_inf, group, dist.ReduceOp.MAX)
     return bool(found_inf.item() > 0)
-
-
-def _any_rank(flag: bool, group: ProcessGroup, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank of ``group`` (one 1-element MAX all-reduce)."""
-    if group is None or group_size(group) == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float32, device=device)
-    return bool(all_reduce(t, group, dist.ReduceOp.MAX).item() > 0)
 
 
 class MegatronOptimizer(ABC):
@@ -221,7 +214,7 @@ class MegatronOptimizer(ABC):
             or grad_norm > self.config.grad_norm_skip_threshold
             or self._spike_detected(grad_norm)
         )
-        if _any_rank(skip, self.grad_stats.skip_group, self.get_loss_scale().device):
+        if any_rank(skip, self.grad_stats.skip_group, self.get_loss_scale().device):
             return False, grad_norm, self.count_zeros() if self._logs_num_zeros() else None
         self._clip_grads_to(grad_norm)
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None
@@ -249,6 +242,7 @@ class MegatronOptimizer(ABC):
         loss, self._latest_loss = self._latest_loss, None
         loss_t = None if loss is None else torch.tensor(loss, dtype=torch.float64).to(grad_norm.device, non_blocking=True)
         skip = self._device_skip_detector(grad_norm.device).should_skip(loss_t, norm64, rejected)
+        skip = any_rank_on_device(skip, self.grad_stats.skip_group)
         self._clip_grads_to_tensor(grad_norm)
         num_zeros = self.count_zeros() if self._logs_num_zeros() else None  # count_zeros reads back (logging)
         inner = self._inner_optimizers()
@@ -289,7 +283,7 @@ class MegatronOptimizer(ABC):
         if self.grad_scaler is None:
             return False
         found_inf = _unscale_and_find_inf(self._all_grads(), self.grad_scaler, self.grad_stats.reduce_group)
-        found_inf = _any_rank(found_inf, self.grad_stats.skip_group, self.grad_scaler.device)
+        found_inf = any_rank(found_inf, self.grad_stats.skip_group, self.grad_scaler.device)
         self.grad_scaler.update(found_inf)
         return found_inf
 

@@ -59,9 +59,9 @@ def test_every_configuration_was_covered(results):
     cases = injected_cases(results)
     configs = {c.rsplit("/", 2)[0] for c in cases}
     assert configs == {f"{o}/{s}/{p}" for o in ("adam", "muon") for s in ("plain", "distributed") for p in ("fp32", "bf16")} | {
-        "adam/plain/fp16", "adam/distributed/fp16"}
+        "adam/plain/fp16", "adam/distributed/fp16", "adam/plain-ondevice/fp32", "muon/plain-ondevice/fp32"}
     assert {c.split("/", 3)[3] for c in cases} == {"nan/local", "nan/reduced", "inf/local", "inf/reduced"}
-    assert len(cases) == 28
+    assert len(cases) == 36
 
 
 def test_bad_step_is_skipped_on_both_ranks_and_only_that_step(results):

@@ -52,13 +52,17 @@ class Case:
     optimizer: str  # adam | muon
     sharded: bool  # ZeRO DistributedOptimizer (adam) / LayerWiseDistributedOptimizer (muon)
     precision: str  # fp32 | bf16 | fp16
+    on_device: bool = False  # skip-step decided on device (skip_step_sigma on, skip_on_device forced)
 
     @property
     def name(self) -> str:
-        return f"{self.optimizer}/{'distributed' if self.sharded else 'plain'}/{self.precision}"
+        sharding = ("distributed" if self.sharded else "plain") + ("-ondevice" if self.on_device else "")
+        return f"{self.optimizer}/{sharding}/{self.precision}"
 
     def opt_config(self) -> OptimizerConfig:
         kw = dict(bf16=self.precision == "bf16", fp16=self.precision == "fp16", clip_grad=1.0, weight_decay=0.01)
+        if self.on_device:
+            kw.update(skip_step_sigma=6.0)  # the window needs 10 accepted steps: only non-finite norms skip here
         if self.precision == "fp16":
             kw.update(initial_loss_scale=2.0**10)  # small enough that the clean steps never overflow
         if self.optimizer == "adam":
@@ -71,7 +75,8 @@ class Case:
 
 
 CASES = [Case(o, s, p) for o in ("adam", "muon") for s in (False, True) for p in ("fp32", "bf16")] + [
-    Case("adam", False, "fp16"), Case("adam", True, "fp16")]
+    Case("adam", False, "fp16"), Case("adam", True, "fp16")] + [
+    Case(o, False, "fp32", on_device=True) for o in ("adam", "muon")]
 
 
 def injections(case: Case) -> List[tuple]:
@@ -126,6 +131,8 @@ def run(case: Case, pgs: ProcessGroupCollection, inject: Optional[tuple], skip_b
     torch.manual_seed(0)
     model = DistributedDataParallel(GPT(gpt(DTYPES[case.precision]), pgs), case.ddp_config(), pgs)
     opt = get_megatron_optimizer(case.opt_config(), [model], pg_collection=pgs)
+    if case.on_device:
+        opt.skip_on_device = True
     scale = opt.scale_loss if case.precision == "fp16" else None
     out: dict = {"steps": {}, "params": {}}
     for step in range(STEPS):
