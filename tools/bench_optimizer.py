@@ -175,21 +175,28 @@ def quartiles(xs: Sequence[float]) -> Dict[str, float]:
     return {"median": statistics.median(xs), "q1": q[0], "q3": q[2]}
 
 
-def interleaved(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
-    """Time each callable once per round, alternating the order every round (load hits both alike)."""
+def interleaved_wall_and_cpu(fns: Dict[str, Callable[[], None]], repeats: int) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """Wall and process-CPU seconds of the same interleaved rounds. On a shared machine the CPU time of
+    a single-threaded run is the steadier figure (other processes' load barely moves it)."""
     names = list(fns)
-    times: Dict[str, List[float]] = {n: [] for n in names}
+    wall: Dict[str, List[float]] = {n: [] for n in names}
+    cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return times
+            cpu[n].append(time.process_time() - c0)
+            wall[n].append(time.perf_counter() - w0)
+    return wall, cpu
 
 
 def ratio_summary(ours: List[float], ref: List[float]) -> Dict[str, object]:
     return {"ours_s": quartiles(ours), "ref_s": quartiles(ref), "ratio": quartiles([o / r for o, r in zip(ours, ref)]),
             "repeats": len(ours)}
+
+
+def wall_cpu_summary(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], a: str, b: str) -> Dict[str, object]:
+    return {**ratio_summary(wall[a], wall[b]), "cpu": ratio_summary(cpu[a], cpu[b])}
 
 
 def bench_step(name: str, preset: Preset, repeats: int) -> Dict[str, object]:
@@ -204,11 +211,11 @@ def bench_step(name: str, preset: Preset, repeats: int) -> Dict[str, object]:
     ref.step()
     rss2 = rss_bytes()
     max_diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(ours_model.parameters(), ref_model.parameters()))
-    times = interleaved({"ours": lambda: ours.step(), "ref": ref.step}, repeats)
+    wall, cpu = interleaved_wall_and_cpu({"ours": lambda: ours.step(), "ref": ref.step}, repeats)
     return {
         "optimizer": name, "n_params": n_params, "param_dtype": str(dtype).replace("torch.", ""),
         "max_abs_param_diff_after_step1": max_diff,
-        **ratio_summary(times["ours"], times["ref"]),
+        **wall_cpu_summary(wall, cpu, "ours", "ref"),
         "state_bytes_per_param": {"ours": _bytes(our_state_tensors(ours)) / n_params, "ref": _bytes(ref.state_tensors()) / n_params},
         "rss_delta_bytes_per_param": {"ours": (rss1 - rss0) / n_params, "ref": (rss2 - rss1) / n_params},
     }
@@ -236,12 +243,14 @@ def bench_ns(shape: Tuple[int, int], repeats: int) -> Dict[str, object]:
         newton_schulz(x, NS_STEPS, "simple", precision="highest")
 
     ns(), gemms()
-    times = interleaved({"ns": ns, "matmul": gemms}, repeats)
+    wall, cpu = interleaved_wall_and_cpu({"ns": ns, "matmul": gemms}, repeats)
     flops = ns_flops(shape)
-    return {"shape": list(shape), "flops": flops,
-            "ns_gflops": quartiles([flops / t / 1e9 for t in times["ns"]]),
-            "matmul_gflops": quartiles([flops / t / 1e9 for t in times["matmul"]]),
-            "ns_fraction_of_matmul": quartiles([tm / tn for tn, tm in zip(times["ns"], times["matmul"])])}
+    res: Dict[str, object] = {"shape": list(shape), "flops": flops}
+    for label, times in (("", wall), ("cpu_", cpu)):
+        res[label + "ns_gflops"] = quartiles([flops / t / 1e9 for t in times["ns"]])
+        res[label + "matmul_gflops"] = quartiles([flops / t / 1e9 for t in times["matmul"]])
+        res[label + "ns_fraction_of_matmul"] = quartiles([tm / tn for tn, tm in zip(times["ns"], times["matmul"])])
+    return res
 
 
 # ---- distributed (torchrun) ----------------------------------------------------------------------
@@ -307,16 +316,16 @@ def print_report(res: Dict[str, object]) -> None:
     print(f"machine: {m['cpu']}, {m['nproc']} cpus, torch {m['torch']} ({m['cpu_capability']}), {m['torch_threads']} threads, "
           f"load {m['loadavg_1min_at_start']}")
     print(f"preset {res['preset']} {res['preset_shape']}; {res['repeats']} interleaved repeats; median [IQR]")
-    print(f"{'optimizer':9} {'params':>10} {'ours ms':>22} {'ref ms':>22} {'ours/ref':>22} {'max|dp|':>9} {'state B/p ours/ref':>19}")
+    print(f"{'optimizer':9} {'params':>10} {'ours ms':>22} {'ref ms':>22} {'ours/ref wall':>22} {'ours/ref cpu':>22} {'max|dp|':>9} {'state B/p ours/ref':>19}")
     for s in res["steps"]:
         ms = {k: {q: v * 1e3 for q, v in s[k].items()} for k in ("ours_s", "ref_s")}
         print(f"{s['optimizer']:9} {s['n_params']:>10} {_q(ms['ours_s'], '{:.1f}'):>22} {_q(ms['ref_s'], '{:.1f}'):>22} "
-              f"{_q(s['ratio']):>22} {s['max_abs_param_diff_after_step1']:>9.2e} "
+              f"{_q(s['ratio']):>22} {_q(s['cpu']['ratio']):>22} {s['max_abs_param_diff_after_step1']:>9.2e} "
               f"{s['state_bytes_per_param']['ours']:>8.2f} / {s['state_bytes_per_param']['ref']:<8.2f}")
     print("Newton-Schulz (simple x 5, fp32) vs the same GEMMs as plain torch.mm:")
     for r in res["newton_schulz"]:
         print(f"  {r['shape'][0]:5d}x{r['shape'][1]:<5d} NS {_q(r['ns_gflops'], '{:.1f}')} GFLOP/s, matmul {_q(r['matmul_gflops'], '{:.1f}')} "
-              f"GFLOP/s, NS/matmul {_q(r['ns_fraction_of_matmul'])}")
+              f"GFLOP/s, NS/matmul wall {_q(r['ns_fraction_of_matmul'])}, cpu {_q(r['cpu_ns_fraction_of_matmul'])}")
     d = res.get("distributed")
     if d:
         lw = d["muon_step_layer_wise_vs_duplicated"]
