@@ -199,12 +199,17 @@ class TensorParallelMuon(torch.optim.Optimizer):
                 loss = closure()
         work = []  # (param, state, group, direction)
         for group in self.param_groups:
+            params, grads, states = [], [], []
             for p in group["params"]:
                 g = gradient_of(p)
                 if g is None:
                     continue
-                state = self._state_of(p)
-                work.append((p, state, group, self._momentum_direction(p, g, state, group)))
+                params.append(p)
+                grads.append(g)
+                states.append(self._state_of(p))
+            if params:
+                directions = self._momentum_directions(params, grads, [s["momentum_buffer"] for s in states], group)
+                work += list(zip(params, states, [group] * len(params), directions))
         if not work:
             return loss
         with fp32_matmul_precision(self.fp32_matmul_prec):
@@ -214,16 +219,17 @@ class TensorParallelMuon(torch.optim.Optimizer):
             self._apply_update(p, update, group)
         return loss
 
-    def _momentum_direction(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+    def _momentum_directions(self, params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor],
+                             group: dict) -> List[torch.Tensor]:
+        """Weight decay, momentum EMA and the (Nesterov) direction of one param group, as foreach ops."""
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
         if wd != 0:
             if self.use_decoupled_weight_decay:
-                p.mul_(1.0 - lr * wd)
+                torch._foreach_mul_(params, 1.0 - lr * wd)
             else:
-                g = g.add(p, alpha=wd)  # L2 into a copy: p.grad / main_grad stay as the model left them
-        buf = state["momentum_buffer"]
-        buf.lerp_(g, 1.0 - mu)
-        return g.lerp(buf, mu) if self.nesterov else buf
+                grads = torch._foreach_add(grads, params, alpha=wd)  # L2 into copies: p.grad / main_grad untouched
+        torch._foreach_lerp_(bufs, grads, 1.0 - mu)
+        return torch._foreach_lerp(grads, bufs, mu) if self.nesterov else list(bufs)
 
     def _precondition(self, p, state, group, direction, ortho):
         """Hook between NS and the update (adaptive variants); Muon uses the NS output as is."""

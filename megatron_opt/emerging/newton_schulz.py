@@ -75,6 +75,11 @@ def newton_schulz(
     return orthogonalize(x, triples, eps=eps, transpose=transpose, tp_group=tp_group, dtype=iteration_dtype(precision))
 
 
+SYMMETRIC_MIN_ROWS = 512
+"""From this Gram size on (the short side), one NS step computes only 3 of the 4 blocks of the symmetric
+``A = X Xᵀ`` and of ``A²`` (see ``_iterate_symmetric_blocks``): 0.75x the FLOPs of those two products."""
+
+
 def orthogonalize(
     x: torch.Tensor,
     triples: Sequence[Triple],
@@ -82,6 +87,7 @@ def orthogonalize(
     transpose: Optional[bool] = None,
     tp_group: ProcessGroup = None,
     dtype: torch.dtype = torch.float32,
+    symmetric_min_rows: int = SYMMETRIC_MIN_ROWS,
 ) -> torch.Tensor:
     """``newton_schulz`` with the per-step triples and the iteration dtype already resolved."""
     if x.dim() not in (2, 3):
@@ -98,7 +104,10 @@ def orthogonalize(
     # One fresh row-major tensor (cast on the fly for bf16) that the iteration may overwrite.
     X0 = torch.empty(X.shape, dtype=dtype, device=X.device)
     torch.div(X, sq_norm.sqrt_().clamp_(min=eps), out=X0)
-    X = _iterate(X0, triples, tp_group)
+    if X0.size(-2) >= symmetric_min_rows and group_size(tp_group) == 1:
+        X = _iterate_symmetric_blocks(X0, triples)
+    else:
+        X = _iterate(X0, triples, tp_group)
     X = X.float()
     return X.mT if transpose else X
 
@@ -124,6 +133,55 @@ def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup)
             addmm(X, B, X, beta=a, out=Y)  # X = aX + BX
         X, Y = Y, X
     return X
+
+
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``out += alpha · a b`` for matrices or batches of matrices."""
+    if out.dim() == 3:
+        out.baddbmm_(a, b, alpha=alpha)
+    else:
+        out.addmm_(a, b, alpha=alpha)
+
+
+def _iterate_symmetric_blocks(X: torch.Tensor, triples: Sequence[Triple]) -> torch.Tensor:
+    """The same NS steps on the row blocks ``X = [X1; X2]``, using that ``A`` and ``B = bA + cA²`` are symmetric.
+
+    With ``A = [[P, Q], [Qᵀ, R]]`` only P, Q, R are formed (3 of 4 Gram blocks) and
+    ``B11 = bP + c(P² + QQᵀ)``, ``B12 = bQ + c(PQ + QR)``, ``B22 = bR + c(QᵀQ + R²)`` (6 of 8 half-size
+    products; ``B21 = B12ᵀ`` is never formed). ``X ← aX + BX`` then reads B12 transposed. Every product is
+    a GEMM into a preallocated buffer; the FLOPs of the two symmetric products drop to 0.75x.
+    """
+    batched = X.dim() == 3
+    mm = torch.bmm if batched else torch.mm
+    addmm = torch.baddbmm if batched else torch.addmm
+    m = X.size(-2)
+    h = (m + 1) // 2
+    lead = X.shape[:-2]
+    X1, X2 = X[..., :h, :].contiguous(), X[..., h:, :].contiguous()
+    Y1, Y2 = torch.empty_like(X1), torch.empty_like(X2)
+    P, Q, R = (X.new_empty(lead + s) for s in ((h, h), (h, m - h), (m - h, m - h)))
+    C11, C12, C22 = torch.empty_like(P), torch.empty_like(Q), torch.empty_like(R)
+    for a, b, c in triples:
+        mm(X1, X1.mT, out=P)
+        mm(X1, X2.mT, out=Q)
+        mm(X2, X2.mT, out=R)
+        if c == 0.0:  # cubic: X = aX + bAX, B = bA is never formed
+            B11, B12, B22, scale = P, Q, R, b
+        else:
+            B11, B12, B22, scale = C11, C12, C22, 1.0
+            addmm(P, P, P, beta=b, alpha=c, out=B11)
+            addmm(Q, P, Q, beta=b, alpha=c, out=B12)
+            addmm(R, R, R, beta=b, alpha=c, out=B22)
+            _add_product(B11, Q, Q.mT, c)
+            _add_product(B12, Q, R, c)
+            _add_product(B22, Q.mT, Q, c)
+        addmm(X1, B11, X1, beta=a, alpha=scale, out=Y1)
+        addmm(X2, B22, X2, beta=a, alpha=scale, out=Y2)
+        _add_product(Y1, B12, X2, scale)
+        _add_product(Y2, B12.mT, X1, scale)
+        X1, Y1 = Y1, X1
+        X2, Y2 = Y2, X2
+    return torch.cat([X1, X2], dim=-2)
 
 
 def newton_schulz_tp(
