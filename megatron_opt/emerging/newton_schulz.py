@@ -4,6 +4,12 @@ One step with coefficients ``(a, b, c)`` is ``A = X Xᵀ; B = bA + cA²; X = aX 
 Gram is smaller (``c == 0`` is the cubic step ``X = aX + bAX``). The per-step triples come from
 ``megatron_opt.ns_coefficients`` so the schedule (cycle / repeat-last) lives in one place.
 
+torch has no SYRK/SYMM, so a symmetric product costs a full GEMM. From ``SYMMETRIC_MIN_ROWS`` rows on
+(per device type; without a TP group) the iteration works on two row blocks and forms only 3 of the 4 blocks of ``A``
+and of ``B``: the step then costs ``0.75·(2m²n + 2m³) + 2m²n`` instead of ``4m²n + 2m³`` FLOPs (0.83x
+for a square matrix, 0.86x for a 768×3072 one). Smaller Grams keep the three plain GEMMs, where the
+half-size GEMMs would lose more in efficiency than the FLOPs save.
+
 Tensor parallelism (``newton_schulz_tp``): ``duplicated`` gathers the shards and runs the full iteration
 on every rank; ``distributed`` keeps the shards and all-reduces the squared norm and every Gram
 (exact: the Gram is taken over the unsharded dimension); ``blockwise`` treats each shard as its own
@@ -75,9 +81,12 @@ def newton_schulz(
     return orthogonalize(x, triples, eps=eps, transpose=transpose, tp_group=tp_group, dtype=iteration_dtype(precision))
 
 
-SYMMETRIC_MIN_ROWS = 512
-"""From this Gram size on (the short side), one NS step computes only 3 of the 4 blocks of the symmetric
-``A = X Xᵀ`` and of ``A²`` (see ``_iterate_symmetric_blocks``): 0.75x the FLOPs of those two products."""
+SYMMETRIC_MIN_ROWS = {"cpu": 256}
+"""Per device type: from this Gram size on (the short side), one NS step forms only 3 of the 4 blocks of
+the symmetric ``A = X Xᵀ`` and of ``A²`` (``_iterate_symmetric_blocks``). On this project's CPU it paid
+from 256 on (0.91x NS time at 256², 0.82x at 768×3072). Other devices use ``SYMMETRIC_MIN_ROWS_OTHER``:
+an unmeasured, cautious guess, since GPU GEMMs of a few hundred rows are bound by launches and occupancy."""
+SYMMETRIC_MIN_ROWS_OTHER = 2048
 
 
 def orthogonalize(
@@ -87,9 +96,11 @@ def orthogonalize(
     transpose: Optional[bool] = None,
     tp_group: ProcessGroup = None,
     dtype: torch.dtype = torch.float32,
-    symmetric_min_rows: int = SYMMETRIC_MIN_ROWS,
+    symmetric_min_rows: Optional[int] = None,
 ) -> torch.Tensor:
-    """``newton_schulz`` with the per-step triples and the iteration dtype already resolved."""
+    """``newton_schulz`` with the per-step triples and the iteration dtype already resolved.
+
+    ``symmetric_min_rows`` overrides the device's ``SYMMETRIC_MIN_ROWS`` (tests use it to force a path)."""
     if x.dim() not in (2, 3):
         raise TypeError(f"newton_schulz expects a 2-D matrix or a 3-D batch of matrices, got shape {tuple(x.shape)}")
     if x.dtype != torch.float32:
@@ -104,6 +115,8 @@ def orthogonalize(
     # One fresh row-major tensor (cast on the fly for bf16) that the iteration may overwrite.
     X0 = torch.empty(X.shape, dtype=dtype, device=X.device)
     torch.div(X, sq_norm.sqrt_().clamp_(min=eps), out=X0)
+    if symmetric_min_rows is None:
+        symmetric_min_rows = SYMMETRIC_MIN_ROWS.get(X0.device.type, SYMMETRIC_MIN_ROWS_OTHER)
     if X0.size(-2) >= symmetric_min_rows and group_size(tp_group) == 1:
         X = _iterate_symmetric_blocks(X0, triples)
     else:
@@ -122,8 +135,8 @@ def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup)
     B = torch.empty_like(A)
     Y = torch.empty_like(X)
     for a, b, c in triples:
-        # torch has no SYRK/SYMM, so the symmetric products go through GEMM; what symmetry buys us is
-        # that A and B never need a transpose and the only all-reduce per step is on the small Gram.
+        # Plain GEMMs (see the module docstring for the symmetric-block variant); under TP the only
+        # all-reduce per step is on the small Gram.
         mm(X, X.mT, out=A)
         all_reduce(A, tp_group)
         if c == 0.0:
