@@ -29,6 +29,7 @@ optimizer's bytes per rank against Megatron's 6+12/d and 8+8/d table (tools/benc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -351,6 +352,8 @@ def launch_torchrun(nproc: int, argv: List[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="override the preset's layer count (Muon's step time is linear in it; keeps gpt124m-shaped runs short)")
     parser.add_argument("--optimizers", default="adam,muon", help="comma-separated subset of adam,muon")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=1, help="ranks (run under torchrun when > 1)")
@@ -360,6 +363,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if any(n not in ("adam", "muon") for n in names) or args.repeats < 1:
         parser.error(f"--optimizers={args.optimizers} / --repeats={args.repeats}: expected names from adam,muon and repeats >= 1")
     preset = PRESETS[args.preset]
+    if args.layers is not None:
+        if args.layers < 1:
+            parser.error(f"--layers={args.layers}: expected an integer >= 1")
+        preset = dataclasses.replace(preset, layers=args.layers)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.nproc > 1 and world == 1:
