@@ -173,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     png = args.png or str(Path(args.out_dir) / "convergence.png")
     out_json = args.json or str(Path(args.out_dir) / "convergence.json")
-    plot(runs, target, png, f"GPT {args.model} ({' '.join(MODELS[args.model][1::2][:2])}), stdlib bytes, same tokens and seed")
+    layers, hidden = MODELS[args.model][1], MODELS[args.model][3]
+    plot(runs, target, png, f"GPT {layers} layers x {hidden}, stdlib bytes: same tokens, seed, schedule")
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps({"baseline": names[0], "target_valid_loss": target, "baseline_tokens": total_tokens,
                                           "tokens_per_iteration": TOKENS_PER_ITERATION, "model": args.model, "runs": runs}, indent=1))
