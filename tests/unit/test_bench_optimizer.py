@@ -28,6 +28,8 @@ def test_tiny_benchmark_writes_complete_json(tmp_path, capsys):
         # The reference does the same math: after one step both models agree (bf16 rounding / fp32 GEMM order).
         assert s["max_abs_param_diff_after_step1"] < (1e-2 if s["optimizer"] == "adam" else 1e-5)
         assert s["state_bytes_per_param"]["ours"] > 0 and s["state_bytes_per_param"]["ref"] > 0
+        assert set(s["rss_delta_bytes_per_param"]) == {"ours", "ref"}  # coarse (allocator), so only present
+        _positive_quartiles(s["cpu"]["ratio"])
     adam = res["steps"][0]["state_bytes_per_param"]
     assert adam["ours"] == adam["ref"] == 12.0  # fp32 main param + exp_avg + exp_avg_sq (0-d step counters not counted)
     shapes = [tuple(r["shape"]) for r in res["newton_schulz"]]
