@@ -4,16 +4,12 @@ One step with coefficients ``(a, b, c)`` is ``A = X Xᵀ; B = bA + cA²; X = aX 
 Gram is smaller (``c == 0`` is the cubic step ``X = aX + bAX``). The per-step triples come from
 ``megatron_opt.ns_coefficients`` so the schedule (cycle / repeat-last) lives in one place.
 
-torch has no SYRK/SYMM, so a symmetric product costs a full GEMM. From ``SYMMETRIC_MIN_ROWS`` rows on
-(per device type; without a TP group) the iteration works on two row blocks and forms only 3 of the 4 blocks of ``A``
-and of ``B``: the step then costs ``0.75·(2m²n + 2m³) + 2m²n`` instead of ``4m²n + 2m³`` FLOPs (0.83x
-for a square matrix, 0.86x for a 768×3072 one). Smaller Grams keep the three plain GEMMs, where the
-half-size GEMMs would lose more in efficiency than the FLOPs save.
-
-Tensor parallelism (``newton_schulz_tp``): ``duplicated`` gathers the shards and runs the full iteration
-on every rank; ``distributed`` keeps the shards and all-reduces the squared norm and every Gram
-(exact: the Gram is taken over the unsharded dimension); ``blockwise`` treats each shard as its own
-matrix (the update then depends on the TP size).
+torch has no SYRK/SYMM, so a symmetric product costs a full GEMM. Both ``A = X Xᵀ`` and ``B = bA + cA²``
+are symmetric, so from ``SYMMETRIC_MIN_ROWS`` rows on (per device type) they are computed on 2×2 blocks,
+forming 3 of the 4 and mirroring the fourth, recursively down to blocks of half that size: the two
+products then cost 0.75× (one level), 0.625× (two), ... of their GEMM FLOPs. ``BX`` is a general product
+and stays one GEMM. The assembled ``A`` is still one tensor, so TP ``distributed`` mode all-reduces it
+as before.
 """
 
 from __future__ import annotations
@@ -82,10 +78,10 @@ def newton_schulz(
 
 
 SYMMETRIC_MIN_ROWS = {"cpu": 256}
-"""Per device type: from this Gram size on (the short side), one NS step forms only 3 of the 4 blocks of
-the symmetric ``A = X Xᵀ`` and of ``A²`` (``_iterate_symmetric_blocks``). On this project's CPU it paid
-from 256 on (0.91x NS time at 256², 0.82x at 768×3072). Other devices use ``SYMMETRIC_MIN_ROWS_OTHER``:
-an unmeasured, cautious guess, since GPU GEMMs of a few hundred rows are bound by launches and occupancy."""
+"""Per device type: a symmetric product of at least this many rows is split into 2×2 blocks (recursively,
+so the smallest GEMM has at least half this many rows). On this project's CPU splitting paid from 256
+on (NS time 0.94x at 256×1024, 0.79x at 768×3072). Other devices use ``SYMMETRIC_MIN_ROWS_OTHER``: an
+unmeasured, cautious guess, since GPU GEMMs of a few hundred rows are bound by launches and occupancy."""
 SYMMETRIC_MIN_ROWS_OTHER = 2048
 
 
@@ -117,84 +113,75 @@ def orthogonalize(
     torch.div(X, sq_norm.sqrt_().clamp_(min=eps), out=X0)
     if symmetric_min_rows is None:
         symmetric_min_rows = SYMMETRIC_MIN_ROWS.get(X0.device.type, SYMMETRIC_MIN_ROWS_OTHER)
-    if X0.size(-2) >= symmetric_min_rows and group_size(tp_group) == 1:
-        X = _iterate_symmetric_blocks(X0, triples)
-    else:
-        X = _iterate(X0, triples, tp_group)
+    X = _iterate(X0, triples, tp_group, symmetric_min_rows)
     X = X.float()
     return X.mT if transpose else X
 
 
-def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup) -> torch.Tensor:
+def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup, split_rows: int) -> torch.Tensor:
     """The NS steps with three preallocated buffers (Gram, polynomial, ping-pong X); no allocation per step."""
-    batched = X.dim() == 3
-    mm = torch.bmm if batched else torch.mm
-    addmm = torch.baddbmm if batched else torch.addmm
+    addmm = torch.baddbmm if X.dim() == 3 else torch.addmm
     rows = X.size(-2)
     A = X.new_empty(X.shape[:-2] + (rows, rows))
     B = torch.empty_like(A)
     Y = torch.empty_like(X)
     for a, b, c in triples:
-        # Plain GEMMs (see the module docstring for the symmetric-block variant); under TP the only
-        # all-reduce per step is on the small Gram.
-        mm(X, X.mT, out=A)
-        all_reduce(A, tp_group)
+        _gram_update(X, A, 0.0, 1.0, split_rows)  # A = X Xᵀ
+        all_reduce(A, tp_group)  # under TP (distributed mode) the only all-reduce of the step
         if c == 0.0:
             addmm(X, A, X, beta=a, alpha=b, out=Y)  # cubic: aX + bAX, no A² and no B
         else:
-            addmm(A, A, A, beta=b, alpha=c, out=B)  # B = bA + cA²
+            _symmetric_polynomial(A, b, c, B, split_rows)  # B = bA + cA²
             addmm(X, B, X, beta=a, out=Y)  # X = aX + BX
         X, Y = Y, X
     return X
 
 
-def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
-    """``out += alpha · a b`` for matrices or batches of matrices."""
-    if out.dim() == 3:
-        out.baddbmm_(a, b, alpha=alpha)
+def _gemm_update(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, beta: float, alpha: float) -> None:
+    """``out ← beta·out + alpha·x y`` in place (``beta == 0`` ignores what ``out`` held), matrices or batches."""
+    if beta == 0.0 and alpha == 1.0:
+        (torch.bmm if out.dim() == 3 else torch.mm)(x, y, out=out)
+    elif out.dim() == 3:
+        out.baddbmm_(x, y, beta=beta, alpha=alpha)
     else:
-        out.addmm_(a, b, alpha=alpha)
+        out.addmm_(x, y, beta=beta, alpha=alpha)
 
 
-def _iterate_symmetric_blocks(X: torch.Tensor, triples: Sequence[Triple]) -> torch.Tensor:
-    """The same NS steps on the row blocks ``X = [X1; X2]``, using that ``A`` and ``B = bA + cA²`` are symmetric.
-
-    With ``A = [[P, Q], [Qᵀ, R]]`` only P, Q, R are formed (3 of 4 Gram blocks) and
-    ``B11 = bP + c(P² + QQᵀ)``, ``B12 = bQ + c(PQ + QR)``, ``B22 = bR + c(QᵀQ + R²)`` (6 of 8 half-size
-    products; ``B21 = B12ᵀ`` is never formed). ``X ← aX + BX`` then reads B12 transposed. Every product is
-    a GEMM into a preallocated buffer; the FLOPs of the two symmetric products drop to 0.75x.
-    """
-    batched = X.dim() == 3
-    mm = torch.bmm if batched else torch.mm
-    addmm = torch.baddbmm if batched else torch.addmm
+def _gram_update(X: torch.Tensor, C: torch.Tensor, beta: float, alpha: float, split_rows: int) -> None:
+    """``C ← beta·C + alpha·X Xᵀ`` for a symmetric ``C``: on row halves of X, 3 of the 4 blocks, the 4th mirrored."""
     m = X.size(-2)
+    if m < split_rows:
+        _gemm_update(C, X, X.mT, beta, alpha)
+        return
     h = (m + 1) // 2
-    lead = X.shape[:-2]
-    X1, X2 = X[..., :h, :].contiguous(), X[..., h:, :].contiguous()
-    Y1, Y2 = torch.empty_like(X1), torch.empty_like(X2)
-    P, Q, R = (X.new_empty(lead + s) for s in ((h, h), (h, m - h), (m - h, m - h)))
-    C11, C12, C22 = torch.empty_like(P), torch.empty_like(Q), torch.empty_like(R)
-    for a, b, c in triples:
-        mm(X1, X1.mT, out=P)
-        mm(X1, X2.mT, out=Q)
-        mm(X2, X2.mT, out=R)
-        if c == 0.0:  # cubic: X = aX + bAX, B = bA is never formed
-            B11, B12, B22, scale = P, Q, R, b
-        else:
-            B11, B12, B22, scale = C11, C12, C22, 1.0
-            addmm(P, P, P, beta=b, alpha=c, out=B11)
-            addmm(Q, P, Q, beta=b, alpha=c, out=B12)
-            addmm(R, R, R, beta=b, alpha=c, out=B22)
-            _add_product(B11, Q, Q.mT, c)
-            _add_product(B12, Q, R, c)
-            _add_product(B22, Q.mT, Q, c)
-        addmm(X1, B11, X1, beta=a, alpha=scale, out=Y1)
-        addmm(X2, B22, X2, beta=a, alpha=scale, out=Y2)
-        _add_product(Y1, B12, X2, scale)
-        _add_product(Y2, B12.mT, X1, scale)
-        X1, Y1 = Y1, X1
-        X2, Y2 = Y2, X2
-    return torch.cat([X1, X2], dim=-2)
+    X1, X2 = X[..., :h, :], X[..., h:, :]
+    _gram_update(X1, C[..., :h, :h], beta, alpha, split_rows)
+    _gram_update(X2, C[..., h:, h:], beta, alpha, split_rows)
+    _gemm_update(C[..., :h, h:], X1, X2.mT, beta, alpha)
+    C[..., h:, :h].copy_(C[..., :h, h:].mT)
+
+
+def _symmetric_polynomial(A: torch.Tensor, b: float, c: float, out: torch.Tensor, split_rows: int) -> None:
+    """``out ← bA + cA²`` for a symmetric ``A = [[P, Q], [Qᵀ, R]]`` (``out`` must not alias ``A``).
+
+    ``out11 = bP + c(P² + QQᵀ)``, ``out22 = bR + c(R² + QᵀQ)`` (symmetric again: recurse),
+    ``out12 = bQ + c(PQ + QR)`` (two general GEMMs), ``out21 = out12ᵀ`` mirrored.
+    """
+    m = A.size(-2)
+    if m < split_rows:
+        (torch.baddbmm if A.dim() == 3 else torch.addmm)(A, A, A, beta=b, alpha=c, out=out)
+        return
+    h = (m + 1) // 2
+    P, Q, R = A[..., :h, :h], A[..., :h, h:], A[..., h:, h:]
+    out11, out12, out22 = out[..., :h, :h], out[..., :h, h:], out[..., h:, h:]
+    _symmetric_polynomial(P, b, c, out11, split_rows)
+    _gram_update(Q, out11, 1.0, c, split_rows)
+    _symmetric_polynomial(R, b, c, out22, split_rows)
+    _gram_update(Q.mT, out22, 1.0, c, split_rows)
+    out12.copy_(Q)
+    _gemm_update(out12, P, Q, b, c)
+    _gemm_update(out12, Q, R, 1.0, c)
+    out[..., h:, :h].copy_(out12.mT)
 
 
 def newton_schulz_tp(
