@@ -205,12 +205,16 @@ class TensorParallelMuon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with_grads = [(p, g, group) for group in self.param_groups for p in group["params"] if (g := gradient_of(p)) is not None]
-        mask = skip_mask_of(self, [g for _, g, _ in with_grads])
+        by_group = [(group, [(p, g) for p in group["params"] if (g := gradient_of(p)) is not None]) for group in self.param_groups]
+        mask = skip_mask_of(self, [g for _, pairs in by_group for _, g in pairs])
         work = []  # (param, state, group, direction)
-        for p, g, group in with_grads:
-            state = self._state_of(p)
-            work.append((p, state, group, self._momentum_direction(p, g, state, group, mask)))
+        for group, pairs in by_group:
+            if not pairs:
+                continue
+            params, grads = [p for p, _ in pairs], [g for _, g in pairs]
+            states = [self._state_of(p) for p in params]
+            directions = self._momentum_directions(params, grads, [s["momentum_buffer"] for s in states], group, mask)
+            work += list(zip(params, states, [group] * len(params), directions))
         if not work:
             return loss
         with fp32_matmul_precision(self.fp32_matmul_prec):
@@ -220,15 +224,29 @@ class TensorParallelMuon(torch.optim.Optimizer):
             self._apply_update(p, update, group, mask)
         return loss
 
-    def _momentum_direction(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict,
-                            mask: Optional[SkipMask] = None) -> torch.Tensor:
+    def _momentum_directions(self, params: List[torch.Tensor], grads: List[torch.Tensor], bufs: List[torch.Tensor],
+                             group: dict, mask: Optional[SkipMask] = None) -> List[torch.Tensor]:
+        """Weight decay, momentum EMA and the (Nesterov) direction of one param group, as foreach ops;
+        with a device-side skip ``mask``, as masked per-tensor writes (emerging/device_skip.py)."""
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        if mask is not None:
+            return [self._masked_momentum_direction(p, g, buf, lr, wd, mu, mask) for p, g, buf in zip(params, grads, bufs)]
+        if wd != 0:
+            if self.use_decoupled_weight_decay:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=wd)  # L2 into copies: p.grad / main_grad untouched
+        torch._foreach_lerp_(bufs, grads, 1.0 - mu)
+        return torch._foreach_lerp(grads, bufs, mu) if self.nesterov else list(bufs)
+
+    def _masked_momentum_direction(self, p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, lr: float, wd: float,
+                                   mu: float, mask: SkipMask) -> torch.Tensor:
         if wd != 0:
             if self.use_decoupled_weight_decay:
                 device_skip.mul_(p, 1.0 - lr * wd, mask)
             else:
                 g = g.add(p, alpha=wd)  # L2 into a copy: p.grad / main_grad stay as the model left them
-        buf = device_skip.lerp_(state["momentum_buffer"], g, 1.0 - mu, mask)
+        buf = device_skip.lerp_(buf, g, 1.0 - mu, mask)
         return g.lerp(buf, mu) if self.nesterov else buf
 
     def _precondition(self, p, state, group, direction, ortho, mask: Optional[SkipMask] = None):

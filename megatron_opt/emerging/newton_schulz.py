@@ -4,10 +4,12 @@ One step with coefficients ``(a, b, c)`` is ``A = X Xᵀ; B = bA + cA²; X = aX 
 Gram is smaller (``c == 0`` is the cubic step ``X = aX + bAX``). The per-step triples come from
 ``megatron_opt.ns_coefficients`` so the schedule (cycle / repeat-last) lives in one place.
 
-Tensor parallelism (``newton_schulz_tp``): ``duplicated`` gathers the shards and runs the full iteration
-on every rank; ``distributed`` keeps the shards and all-reduces the squared norm and every Gram
-(exact: the Gram is taken over the unsharded dimension); ``blockwise`` treats each shard as its own
-matrix (the update then depends on the TP size).
+torch has no SYRK/SYMM, so a symmetric product costs a full GEMM. Both ``A = X Xᵀ`` and ``B = bA + cA²``
+are symmetric, so from ``SYMMETRIC_MIN_ROWS`` rows on (per device type) they are computed on 2×2 blocks,
+forming 3 of the 4 and mirroring the fourth, recursively down to blocks of half that size: the two
+products then cost 0.75× (one level), 0.625× (two), ... of their GEMM FLOPs. ``BX`` is a general product
+and stays one GEMM. The assembled ``A`` is still one tensor, so TP ``distributed`` mode all-reduces it
+as before.
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def newton_schulz(
     return orthogonalize(x, triples, eps=eps, transpose=transpose, tp_group=tp_group, dtype=iteration_dtype(precision))
 
 
+SYMMETRIC_MIN_ROWS = {"cpu": 256}
+"""Per device type: a symmetric product of at least this many rows is split into 2×2 blocks (recursively,
+so the smallest GEMM has at least half this many rows). On this project's CPU splitting paid from 256
+on (NS time 0.94x at 256×1024, 0.79x at 768×3072). Other devices use ``SYMMETRIC_MIN_ROWS_OTHER``: an
+unmeasured, cautious guess, since GPU GEMMs of a few hundred rows are bound by launches and occupancy."""
+SYMMETRIC_MIN_ROWS_OTHER = 2048
+
+
 def orthogonalize(
     x: torch.Tensor,
     triples: Sequence[Triple],
@@ -82,8 +92,11 @@ def orthogonalize(
     transpose: Optional[bool] = None,
     tp_group: ProcessGroup = None,
     dtype: torch.dtype = torch.float32,
+    symmetric_min_rows: Optional[int] = None,
 ) -> torch.Tensor:
-    """``newton_schulz`` with the per-step triples and the iteration dtype already resolved."""
+    """``newton_schulz`` with the per-step triples and the iteration dtype already resolved.
+
+    ``symmetric_min_rows`` overrides the device's ``SYMMETRIC_MIN_ROWS`` (tests use it to force a path)."""
     if x.dim() not in (2, 3):
         raise TypeError(f"newton_schulz expects a 2-D matrix or a 3-D batch of matrices, got shape {tuple(x.shape)}")
     if x.dtype != torch.float32:
@@ -98,32 +111,77 @@ def orthogonalize(
     # One fresh row-major tensor (cast on the fly for bf16) that the iteration may overwrite.
     X0 = torch.empty(X.shape, dtype=dtype, device=X.device)
     torch.div(X, sq_norm.sqrt_().clamp_(min=eps), out=X0)
-    X = _iterate(X0, triples, tp_group)
+    if symmetric_min_rows is None:
+        symmetric_min_rows = SYMMETRIC_MIN_ROWS.get(X0.device.type, SYMMETRIC_MIN_ROWS_OTHER)
+    X = _iterate(X0, triples, tp_group, symmetric_min_rows)
     X = X.float()
     return X.mT if transpose else X
 
 
-def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup) -> torch.Tensor:
+def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup, split_rows: int) -> torch.Tensor:
     """The NS steps with three preallocated buffers (Gram, polynomial, ping-pong X); no allocation per step."""
-    batched = X.dim() == 3
-    mm = torch.bmm if batched else torch.mm
-    addmm = torch.baddbmm if batched else torch.addmm
+    addmm = torch.baddbmm if X.dim() == 3 else torch.addmm
     rows = X.size(-2)
     A = X.new_empty(X.shape[:-2] + (rows, rows))
     B = torch.empty_like(A)
     Y = torch.empty_like(X)
     for a, b, c in triples:
-        # torch has no SYRK/SYMM, so the symmetric products go through GEMM; what symmetry buys us is
-        # that A and B never need a transpose and the only all-reduce per step is on the small Gram.
-        mm(X, X.mT, out=A)
-        all_reduce(A, tp_group)
+        _gram_update(X, A, 0.0, 1.0, split_rows)  # A = X Xᵀ
+        all_reduce(A, tp_group)  # under TP (distributed mode) the only all-reduce of the step
         if c == 0.0:
             addmm(X, A, X, beta=a, alpha=b, out=Y)  # cubic: aX + bAX, no A² and no B
         else:
-            addmm(A, A, A, beta=b, alpha=c, out=B)  # B = bA + cA²
+            _symmetric_polynomial(A, b, c, B, split_rows)  # B = bA + cA²
             addmm(X, B, X, beta=a, out=Y)  # X = aX + BX
         X, Y = Y, X
     return X
+
+
+def _gemm_update(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, beta: float, alpha: float) -> None:
+    """``out ← beta·out + alpha·x y`` in place (``beta == 0`` ignores what ``out`` held), matrices or batches."""
+    if beta == 0.0 and alpha == 1.0:
+        (torch.bmm if out.dim() == 3 else torch.mm)(x, y, out=out)
+    elif out.dim() == 3:
+        out.baddbmm_(x, y, beta=beta, alpha=alpha)
+    else:
+        out.addmm_(x, y, beta=beta, alpha=alpha)
+
+
+def _gram_update(X: torch.Tensor, C: torch.Tensor, beta: float, alpha: float, split_rows: int) -> None:
+    """``C ← beta·C + alpha·X Xᵀ`` for a symmetric ``C``: on row halves of X, 3 of the 4 blocks, the 4th mirrored."""
+    m = X.size(-2)
+    if m < split_rows:
+        _gemm_update(C, X, X.mT, beta, alpha)
+        return
+    h = (m + 1) // 2
+    X1, X2 = X[..., :h, :], X[..., h:, :]
+    _gram_update(X1, C[..., :h, :h], beta, alpha, split_rows)
+    _gram_update(X2, C[..., h:, h:], beta, alpha, split_rows)
+    _gemm_update(C[..., :h, h:], X1, X2.mT, beta, alpha)
+    C[..., h:, :h].copy_(C[..., :h, h:].mT)
+
+
+def _symmetric_polynomial(A: torch.Tensor, b: float, c: float, out: torch.Tensor, split_rows: int) -> None:
+    """``out ← bA + cA²`` for a symmetric ``A = [[P, Q], [Qᵀ, R]]`` (``out`` must not alias ``A``).
+
+    ``out11 = bP + c(P² + QQᵀ)``, ``out22 = bR + c(R² + QᵀQ)`` (symmetric again: recurse),
+    ``out12 = bQ + c(PQ + QR)`` (two general GEMMs), ``out21 = out12ᵀ`` mirrored.
+    """
+    m = A.size(-2)
+    if m < split_rows:
+        (torch.baddbmm if A.dim() == 3 else torch.addmm)(A, A, A, beta=b, alpha=c, out=out)
+        return
+    h = (m + 1) // 2
+    P, Q, R = A[..., :h, :h], A[..., :h, h:], A[..., h:, h:]
+    out11, out12, out22 = out[..., :h, :h], out[..., :h, h:], out[..., h:, h:]
+    _symmetric_polynomial(P, b, c, out11, split_rows)
+    _gram_update(Q, out11, 1.0, c, split_rows)
+    _symmetric_polynomial(R, b, c, out22, split_rows)
+    _gram_update(Q.mT, out22, 1.0, c, split_rows)
+    out12.copy_(Q)
+    _gemm_update(out12, P, Q, b, c)
+    _gemm_update(out12, Q, R, 1.0, c)
+    out[..., h:, :h].copy_(out12.mT)
 
 
 def newton_schulz_tp(

@@ -118,6 +118,17 @@ def main() -> int:
             device = run(cls, kw, problem, (2, rank), tp, skip=1, skip_on_device=True)
             checks.append((f"{label}.{mode}_device_skip_vs_host_skip", max_diff(device, host), 0.0))
 
+    # A 260-row Gram on each shard: the symmetric-block Newton–Schulz (from SYMMETRIC_MIN_ROWS on CPU) in all
+    # three places, TP=1, duplicated (gathered) and distributed (all-reduced assembled Gram). Plain Muon only:
+    # adamuon's O/sqrt(V) magnifies summation-order differences of this size beyond a useful tolerance.
+    gen = torch.Generator().manual_seed(11)
+    big = {"column_parallel_big": (torch.randn(520, 260, generator=gen), [torch.randn(520, 260, generator=gen) for _ in range(STEPS)], 0, False)}
+    big_single = run(TensorParallelMuon, COMMON, big)
+    big_dup = gathered(run(TensorParallelMuon, dict(COMMON, tp_mode="duplicated"), big, (2, rank), tp), big, tp)
+    big_distr = gathered(run(TensorParallelMuon, dict(COMMON, tp_mode="distributed"), big, (2, rank), tp), big, tp)
+    checks.append(("muon_big.duplicated_vs_tp1", max_diff(big_dup, big_single), 1e-6))
+    checks.append(("muon_big.distributed_vs_duplicated", max_diff(big_distr, big_dup), 1e-5))
+
     # blockwise at TP=2 == Muon run separately (no TP) on each shard.
     block_kwargs = dict(COMMON, split_qkv=True)
     blockwise = run(TensorParallelMuon, dict(block_kwargs, tp_mode="blockwise"), problem, (2, rank), tp)
