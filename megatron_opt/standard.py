@@ -2,7 +2,7 @@
 
 ``auto`` picks the fastest that is really there: Transformer Engine FusedAdam (CUDA and importable)
 → apex FusedAdam (CUDA and importable) → torch fused kernels (when torch supports the device) →
-torch foreach. Forcing a backend that is not available is a ``ConfigError``, never a silent fallback.
+torch foreach; with skip-step protection on, torch fused goes first (``pick_auto_backend``). Forcing a backend that is not available is a ``ConfigError``, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -69,10 +69,23 @@ def available_backends(name: str, device: torch.device) -> List[str]:
     return backends
 
 
+def pick_auto_backend(available: Sequence[str], skip_on_device: bool) -> str:
+    """``auto``: the fastest available, except that a run with skip-step protection prefers torch's
+    fused kernels over TE/apex FusedAdam: they take the on-device skip decision as ``found_inf``, so
+    the step needs no host read of it (docs/skip_step.md); TE/apex would read it once per step."""
+    if skip_on_device and "torch_fused" in available:
+        return "torch_fused"
+    return available[0]
+
+
 def choose_backend(name: str, config: OptimizerConfig, device: torch.device) -> str:
     available = available_backends(name, device)
     if config.standard_backend == "auto":
-        return available[0]
+        backend = pick_auto_backend(available, config.skip_step_sigma is not None)
+        if backend != available[0]:
+            logger.info("megatron_opt: %s uses torch_fused rather than %s: skip_step_sigma is set and torch's fused "
+                        "kernels take the skip decision on the device", name, available[0])
+        return backend
     if config.standard_backend not in available:
         raise ConfigError(
             f"standard_backend={config.standard_backend!r} is not allowed for optimizer {name!r} on {device.type}; "

@@ -228,3 +228,16 @@ def test_emerging_routing_honours_muon_scalar_optimizer(config, expected):
 def test_emerging_optimizers_refuse_fp16():
     with pytest.raises(ConfigError, match="fp16=True is not allowed with optimizer='muon'"):
         get_megatron_optimizer(OptimizerConfig(optimizer="muon", lr=0.02, fp16=True), [TinyLM().half()])
+
+
+def test_auto_backend_prefers_torch_fused_when_the_skip_decision_is_made_on_device():
+    from megatron_opt.standard import pick_auto_backend
+
+    gpu = ["te", "apex", "torch_fused", "torch_foreach"]
+    assert pick_auto_backend(gpu, skip_on_device=False) == "te"
+    assert pick_auto_backend(gpu, skip_on_device=True) == "torch_fused"
+    assert pick_auto_backend(["te", "torch_foreach"], skip_on_device=True) == "te"  # nothing better to offer
+    # and through the factory on this machine: skip-step protection on, adam's inner optimizer is torch fused
+    opt = get_megatron_optimizer(OptimizerConfig(lr=1e-3, skip_step_sigma=4.0), [TinyLM()])
+    inner = [leaf.optimizer for leaf in getattr(opt, "chained_optimizers", [opt])]
+    assert all(o.defaults.get("fused") for o in inner), [o.defaults for o in inner]
