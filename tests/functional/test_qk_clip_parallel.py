@@ -6,7 +6,9 @@ Tolerances:
   copy (bf16 model param, fp32 main param or shard) is multiplied by the same fp32 factors;
 * TP=2 vs TP=1 (fp32 SGD with momentum, GQA with one query group per TP rank): parameters relative 1e-5, losses
   relative 1e-6 (TP only reorders reductions, as in test_parallel_equivalence); the heads clipped on
-  the two TP ranks add up to the heads clipped at TP=1 on every step.
+  the two TP ranks add up to the heads clipped at TP=1 on every step;
+* PP=2 vs PP=1 (the same SGD run, untied embeddings): the same tolerances; the two stages' clipped heads
+  add up to PP=1's.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ def test_tp2_equals_tp1_with_clipping_active(results):
         assert run["losses"] == pytest.approx(ref["losses"], rel=1e-6)
         for step, (p, p_ref) in enumerate(zip(run["params"], ref["params"])):
             assert max_rel(p, p_ref) < 1e-5, step
+
+
+def test_pp2_equals_pp1_with_clipping_active(results):
+    """Each stage clips the heads of its own layers; nothing crosses stages (tolerances as for TP)."""
+    ref = results[0]["sgd_fp32/ref_untied"]
+    assert sum(ref["clipped"]) > 0
+    pp = [results[r]["sgd_fp32/pp2"] for r in range(2)]
+    assert [a + b for a, b in zip(pp[0]["clipped"], pp[1]["clipped"])] == ref["clipped"]
+    assert all(sum(run["clipped"]) > 0 for run in pp)  # both stages clipped heads of their own layer
+    assert set(pp[0]["final"]).isdisjoint(pp[1]["final"]) and set(pp[0]["final"]) | set(pp[1]["final"]) == set(ref["final"])
+    for run in pp:
+        assert run["losses"] == pytest.approx(ref["losses"], rel=1e-6)
+        for step, (p, p_ref) in enumerate(zip(run["params"], ref["params"])):
+            assert max_rel(p, {n: p_ref[n] for n in p}) < 1e-5, step
 
 
 def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):

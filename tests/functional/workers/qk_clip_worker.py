@@ -5,13 +5,15 @@ Each case trains the tiny GPT of distopt_worker for its STEPS steps with QK-clip
 clipped-head counts; rank 0 also runs each case's single-process reference.
 
 * DP=2: ZeRO-1 Adam bf16 (main shards) and layer-wise Muon bf16 against DP=1 in one process;
-* TP=2 × DP=1: SGD fp32 on a GQA model (each TP rank owns one query group) against TP=1.
+* TP=2 × DP=1: SGD fp32 on a GQA model (each TP rank owns one query group) against TP=1;
+* PP=2: the same SGD run on untied embeddings, one layer per stage, against PP=1.
 Writes ``<out>/qk_rank<r>.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 
@@ -35,6 +37,7 @@ def sgd() -> OptimizerConfig:
 
 GQA = GPTConfig(hidden_size=32, num_layers=2, num_attention_heads=4, num_query_groups=2, seq_length=SEQ,
                 record_max_attention_logit=True)
+GQA_UNTIED = dataclasses.replace(GQA, tie_embeddings=False)  # under PP each stage holds its own names
 
 
 def main() -> None:
@@ -47,18 +50,21 @@ def main() -> None:
     single = ProcessGroupCollection.single_process()
     dp2 = ProcessGroupCollection.initialize(1, 1)
     tp2 = ProcessGroupCollection.initialize(2, 1)
+    pp2 = ProcessGroupCollection.initialize(1, 2)
     res = {
         "adam_bf16/zero1": strip(train(adam(use_distributed_optimizer=True, bf16=True), BF16,
                                        DDPConfig(use_distributed_optimizer=True), dp2, qk_clip_tau=TAU)),
         "muon_bf16/layer_wise": strip(train(muon(use_layer_wise_distributed_optimizer=True, bf16=True), BF16, DDPConfig(), dp2,
                                             qk_clip_tau=TAU)),
         "sgd_fp32/tp2": strip(train(sgd(), GQA, DDPConfig(), tp2, qk_clip_tau=TAU)),
+        "sgd_fp32/pp2": strip(train(sgd(), GQA_UNTIED, DDPConfig(), pp2, qk_clip_tau=TAU)),
     }
     if rank == 0:
         res["adam_bf16/ref"] = strip(train(adam(bf16=True), BF16, DDPConfig(), single, qk_clip_tau=TAU))
         res["muon_bf16/ref"] = strip(train(muon(bf16=True), BF16, DDPConfig(), single, qk_clip_tau=TAU))
         res["sgd_fp32/ref"] = strip(train(sgd(), GQA, DDPConfig(), single, qk_clip_tau=TAU))
         res["sgd_fp32/unclipped"] = strip(train(sgd(), GQA, DDPConfig(), single))
+        res["sgd_fp32/ref_untied"] = strip(train(sgd(), GQA_UNTIED, DDPConfig(), single, qk_clip_tau=TAU))
     torch.save(res, os.path.join(args.out, f"qk_rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
