@@ -76,6 +76,7 @@ FIELD_FOR_DEST: Dict[str, str] = {
     "qk_clip": "qk_clip",
     "qk_clip_threshold": "qk_clip_threshold",
     "qk_clip_alpha": "qk_clip_alpha",
+    "log_max_attention_logit": "log_max_attention_logit",
 }
 """argparse dest → OptimizerConfig field, for every flag whose value goes straight into the config."""
 

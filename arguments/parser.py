@@ -140,6 +140,7 @@ def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     _config_flag(g, "--qk-clip", field="qk_clip", action="store_true")
     _config_flag(g, "--qk-clip-threshold", field="qk_clip_threshold", type=float)
     _config_flag(g, "--qk-clip-alpha", field="qk_clip_alpha", type=float)
+    _config_flag(g, "--log-max-attention-logit", field="log_max_attention_logit", action="store_true")
     _config_flag(g, "--log-num-zeros-in-grad", field="log_num_zeros_in_grad", action="store_true")
 
 

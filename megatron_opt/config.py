@@ -190,6 +190,8 @@ class OptimizerConfig:
     """QK-clip threshold tau on the pre-softmax attention logit."""
     qk_clip_alpha: float = 0.5
     """Share of the QK-clip correction on W_q: q x (tau/max)^alpha, k x (tau/max)^(1-alpha)."""
+    log_max_attention_logit: bool = False
+    """Record and log the max pre-softmax attention logit every step without clipping (implied by qk_clip)."""
 
     muon_use_nesterov: dataclasses.InitVar[Optional[bool]] = None
     """Deprecated spelling of muon_nesterov (warns once); accepted at construction only."""

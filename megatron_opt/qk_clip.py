@@ -105,11 +105,14 @@ def clip_qk(
     alpha: float = 0.5,
     optimizer=None,
     dp_group: ProcessGroup = None,
+    log_only: bool = False,
 ) -> QKClipResult:
     """Rescale the q/k rows of every head over ``threshold`` (after the optimizer step); reset the maxima.
 
     ``optimizer``: the MegatronOptimizer whose fp32 copies must follow the model params (None: the
     model params are all there is). ``dp_group``: the data-parallel group the maxima are reduced over.
+    ``log_only`` (``--log-max-attention-logit`` without ``--qk-clip``): measure and reset, never scale;
+    ``clipped_heads`` then counts the heads that WOULD have been clipped.
     """
     if not threshold > 0:
         raise ConfigError(f"qk_clip_threshold={threshold} is not allowed; expected a number > 0")
@@ -121,7 +124,7 @@ def clip_qk(
     if dp_group is not None and group_size(dp_group) > 1:
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=dp_group)
     clipped = int((maxima > threshold).sum())  # the one host sync
-    if clipped:
+    if clipped and not log_only:
         if optimizer is not None:
             finish_param_sync(optimizer)
         scales: Dict[int, Tuple[nn.Parameter, torch.Tensor]] = {}

@@ -5,7 +5,7 @@ Usage: python tools/flags_table.py [OUTPUT]   (default: docs/flags.md next to th
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from arguments.flags_doc import render_flags_markdown
@@ -14,7 +14,9 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
 
 
 def main() -> None:
-    output = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUTPUT
+    parser = argparse.ArgumentParser(description="Write the flags table (docs/flags.md) from the current parser.")
+    parser.add_argument("output", nargs="?", type=Path, default=DEFAULT_OUTPUT, help="default: %(default)s")
+    output = parser.parse_args().output
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_flags_markdown(), encoding="utf-8")
     print(f"wrote {output}")

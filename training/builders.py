@@ -36,7 +36,7 @@ def build_model(args: argparse.Namespace, pgs: ProcessGroupCollection, device: t
         init_method_std=args.init_method_std,
         params_dtype=params_dtype(args),
         seed=args.seed,
-        record_max_attention_logit=bool(args.qk_clip),
+        record_max_attention_logit=bool(args.qk_clip or args.log_max_attention_logit),
     )
     gpt = GPT(gpt_config, pgs).to(device)
     ddp_config = DDPConfig(

@@ -215,9 +215,10 @@ def train_step(run: Run, microbatches: List[tuple], iteration: int = 0, faults: 
     faults.corrupt_grads(run.model, iteration, dist.get_rank() if dist.is_initialized() else 0)
     run.optimizer.observe_loss(result.loss)
     updated, grad_norm, num_zeros = run.optimizer.step()
-    if run.args.qk_clip:  # also after a skipped step: the logits were measured on the weights as they are
+    if run.args.qk_clip or run.args.log_max_attention_logit:
+        # also after a skipped step: the logits were measured on the weights as they are
         run.qk_clip = clip_qk(unwrap_model(run.model).qk_clip_targets(), run.args.qk_clip_threshold,
-                              run.args.qk_clip_alpha, run.optimizer, run.pgs.dp)
+                              run.args.qk_clip_alpha, run.optimizer, run.pgs.dp, log_only=not run.args.qk_clip)
     run.scheduler.step(run.args.global_batch_size)  # also when skipped: see the module docstring
     return result.loss, bool(updated), grad_norm, num_zeros
 

@@ -84,3 +84,17 @@ def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):
     assert len(records) == 4
     assert all(r["max_attention_logit"] > 0 for r in records)
     assert sum(r["qk_clipped_heads"] for r in records) > 0, records
+
+    # --log-max-attention-logit alone: the same first measurement, and the weights are never clipped, so the
+    # logged maxima are those of the run without QK-clip (its losses; the clipped run's differ after step 1).
+    logged = tmp_path / "log_only.jsonl"
+    run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+        "--micro-batch-size", "2", "--no-progress", "--optimizer", "muon", "--use-distributed-optimizer", "--bf16",
+        "--lr", "2e-2", "--train-iters", "4", "--log-interval", "2", "--eval-iters", "0",
+        "--log-max-attention-logit", "--qk-clip-threshold", "0.05",
+        "--metrics-file", str(logged), "--plot-file", str(tmp_path / "p2.png")], timeout=120)
+    only = [r for r in map(json.loads, logged.read_text().splitlines()) if r["kind"] == "train"]
+    assert only[0]["max_attention_logit"] == records[0]["max_attention_logit"]
+    assert only[0]["loss"] == records[0]["loss"] and only[-1]["loss"] != records[-1]["loss"]
+    assert all(r["qk_clipped_heads"] > 0 for r in only)  # would have been clipped at 0.05

@@ -231,3 +231,17 @@ def test_invalid_threshold_and_alpha_are_one_line_errors():
         OptimizerConfig(qk_clip_alpha=1.5)
     with pytest.raises(ConfigError, match="qk_clip_alpha=0.0"):
         clip_qk([], 10.0, alpha=0.0)
+
+
+def test_log_only_measures_and_resets_but_never_scales():
+    """--log-max-attention-logit without --qk-clip: the max is reported, the weights stay bitwise."""
+    torch.manual_seed(0)
+    model = gpt()
+    blow_up(model, 1, 30.0)
+    before = recorded(model)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = clip_qk(model.qk_clip_targets(), 0.1 * float(before.max()), log_only=True)
+    assert result.max_logit == float(before.max()) and result.clipped_heads >= 1  # heads that would be clipped
+    for n, p in model.named_parameters():
+        assert torch.equal(p, params[n]), n
+    assert torch.all(model.qk_clip_targets()[0].max_logits == -math.inf)
