@@ -67,6 +67,14 @@ def test_pp2_equals_pp1_with_clipping_active(results):
             assert max_rel(p, {n: p_ref[n] for n in p}) < 1e-5, step
 
 
+TINY_MUON_DP2 = [
+    "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+    "--micro-batch-size", "2", "--no-progress", "--optimizer", "muon", "--use-distributed-optimizer", "--bf16",
+    "--lr", "2e-2", "--train-iters", "4", "--log-interval", "2", "--eval-iters", "0",
+]
+"""A 4-iteration layer-wise Muon bf16 run at DP=2 of the real entry point."""
+
+
 def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):
     """The real entry point: --qk-clip with layer-wise Muon bf16 at DP=2; the JSONL reports rank 0's heads."""
     import json
@@ -75,10 +83,7 @@ def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):
 
     metrics = tmp_path / "m.jsonl"
     run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
-        "--micro-batch-size", "2", "--no-progress", "--optimizer", "muon", "--use-distributed-optimizer", "--bf16",
-        "--lr", "2e-2", "--train-iters", "4", "--log-interval", "2", "--eval-iters", "0",
-        "--qk-clip", "--qk-clip-threshold", "0.05", "--qk-clip-alpha", "0.5",
+        *TINY_MUON_DP2, "--qk-clip", "--qk-clip-threshold", "0.05", "--qk-clip-alpha", "0.5",
         "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120)
     records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
     assert len(records) == 4
@@ -89,10 +94,7 @@ def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):
     # logged maxima are those of the run without QK-clip (its losses; the clipped run's differ after step 1).
     logged = tmp_path / "log_only.jsonl"
     run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
-        "--micro-batch-size", "2", "--no-progress", "--optimizer", "muon", "--use-distributed-optimizer", "--bf16",
-        "--lr", "2e-2", "--train-iters", "4", "--log-interval", "2", "--eval-iters", "0",
-        "--log-max-attention-logit", "--qk-clip-threshold", "0.05",
+        *TINY_MUON_DP2, "--log-max-attention-logit", "--qk-clip-threshold", "0.05",
         "--metrics-file", str(logged), "--plot-file", str(tmp_path / "p2.png")], timeout=120)
     only = [r for r in map(json.loads, logged.read_text().splitlines()) if r["kind"] == "train"]
     assert only[0]["max_attention_logit"] == records[0]["max_attention_logit"]
