@@ -45,6 +45,9 @@ def runs(tmp_path_factory):
         model, opt = worker.build(case, single, distributed=False)
         worker.train(model, opt, single, 0, PLAIN_STEPS)
         save_checkpoint(root / f"{case}_plain_ckpt", PLAIN_STEPS, [model], opt, args={"case": case})
+        # what the saving layout does next, for the DP=2 run that loads this checkpoint to match
+        losses = worker.train(model, opt, single, PLAIN_STEPS, PLAIN_STEPS + worker.PLAIN_CONTINUE)
+        torch.save({"losses": losses}, root / f"{case}_plain_next.pt")
     resume = run_torchrun(WORKER, 2, ["--mode", "resume", "--root", root], timeout=60)
     return root, first.stdout + resume.stdout
 
@@ -117,3 +120,9 @@ def test_dp2_checkpoint_loads_into_a_plain_single_process_optimizer(runs, case):
 def test_plain_checkpoint_loads_into_the_dp2_sharded_optimizer(runs, case):
     _, out = runs
     assert out.count(f"PLAIN_TO_DIST_OK {case} ") == 2, out[-3000:]
+    # the DP=2 run trains on with the single-process run's losses (same global batches, other reduction order)
+    root, _ = runs
+    dist_losses = torch.load(root / f"{case}_plain_to_dist.pt")["losses"]
+    plain_losses = torch.load(root / f"{case}_plain_next.pt")["losses"]
+    assert len(dist_losses) == len(plain_losses) == worker.PLAIN_CONTINUE
+    torch.testing.assert_close(torch.tensor(dist_losses), torch.tensor(plain_losses), rtol=1e-4, atol=0)
