@@ -158,6 +158,7 @@ class Reporter:
                 loss=s.loss_sum / s.advanced if s.advanced else None, loss_scale=loss_scale,
                 grad_norm=grad_norm, num_zeros=num_zeros, skipped=s.skipped, nan=s.nan,
                 tokens_per_sec=self.tokens_per_iteration * s.iterations / s.seconds if s.seconds > 0 else None,
+                max_attention_logit=self.run.qk_clip.max_logit if self.run.qk_clip is not None else None,
             )
             print(line, flush=True)
             self.display.report()

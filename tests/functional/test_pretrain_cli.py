@@ -21,7 +21,8 @@ SCRIPT = REPO_ROOT / "training" / "pretrain_gpt.py"
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
         "--micro-batch-size", "2", "--no-progress"]
 
-# Megatron-LM's training_log line: widths 8/8, 12, 5, 3, 3 and its number formats.
+# Megatron-LM's training_log line: widths 8/8, 12, 5, 3, 3 and its number formats (a run without the
+# max-attention-logit flags must not carry that field: the tests below check ``max_logit`` is None).
 LOG_LINE = re.compile(
     r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration (?P<it>[ \d]{8})/(?P<total>[ \d]{8}) \|"
     r" consumed samples: (?P<consumed>[ \d]{12}) \|"
@@ -31,6 +32,7 @@ LOG_LINE = re.compile(
     r" lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|"
     r" loss scale: \d+\.\d \|"
     r" grad norm: \d+\.\d{3} \|"
+    r"(?: max attention logit: (?P<max_logit>-?\d+\.\d{3}|-?inf|nan) \|)?"  # only with --log-max-attention-logit/--qk-clip
     r" number of skipped iterations: (?P<skipped>[ \d]{3}) \|"
     r" number of nan iterations: (?P<nan>[ \d]{3}) \|"
     r" throughput \(tokens/s\): \d+\.\d \|$"
@@ -55,6 +57,7 @@ def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
 
     lines = _log_lines(out)
     assert [int(m["it"]) for m in lines] == [2, 4], out
+    assert all(m["max_logit"] is None for m in lines) and "attention logit" not in out
     assert all(int(m["total"]) == 8 and int(m["gbs"]) == 2 and int(m["skipped"]) == 0 and int(m["nan"]) == 0 for m in lines)
     assert [int(m["consumed"]) for m in lines] == [4, 8]
     assert [int(m.group(1)) for m in map(VALID_LINE.match, out.splitlines()) if m] == [3]
@@ -106,6 +109,7 @@ def test_dp2_distributed_optimizer_adam_loss_decreases(tmp_path):
                                    "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120).stdout
     lines = _log_lines(out)
     assert [int(m["it"]) for m in lines] == [5, 10, 15, 20]
+    assert all(m["max_logit"] is None for m in lines) and "attention logit" not in out
     assert int(lines[-1]["gbs"]) == 4 and int(lines[-1]["consumed"]) == 80  # DP=2 x micro batch 2
     losses = [r["loss"] for r in _train_records(metrics)]
     assert len(losses) == 20
