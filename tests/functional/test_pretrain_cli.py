@@ -77,11 +77,20 @@ def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
     assert [r["iteration"] for r in resumed] == list(range(1, 9))
 
     # The same 8 iterations without the stop at 4: losses and the final checkpoint are identical, bitwise
-    # (model, Muon momentum, the AdamW moments of the scalar params).
+    # (model, Muon momentum, the AdamW moments of the scalar params). This run also measures the attention
+    # logits (--log-max-attention-logit never touches the weights, so it must not change a bit): at a
+    # threshold of 1e-4 nearly every head of the 2 layers x 4 counts, and more than 4 (all that rank 0 holds)
+    # shows that the report is summed over TP; the log line carries the JSONL value.
     whole_dir = tmp_path / "whole"
     whole_args = [a if a != str(run_dir) else str(whole_dir) for a in common]
-    run_torchrun(SCRIPT, 2, [*whole_args, "--train-iters", "8"], timeout=120)
+    out = run_torchrun(SCRIPT, 2, [*whole_args, "--train-iters", "8", "--log-max-attention-logit",
+                                   "--qk-clip-threshold", "1e-4"], timeout=120).stdout
     whole = _train_records(whole_dir / "metrics.jsonl")
+    assert all(4 < r["qk_clipped_heads"] <= 8 for r in whole), [r["qk_clipped_heads"] for r in whole]
+    max_logit = {r["iteration"]: r["max_attention_logit"] for r in whole}
+    lines = _log_lines(out)
+    assert [int(m["it"]) for m in lines] == [2, 4, 6, 8], out
+    assert [m["max_logit"] for m in lines] == ["{:.3f}".format(max_logit[int(m["it"])]) for m in lines]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     assert [r["lr"] for r in resumed] == [r["lr"] for r in whole]
     _, resumed_tensors = read_full_checkpoint(str(run_dir))
