@@ -1,7 +1,9 @@
 """What a training run reports: Megatron-LM log lines, a JSONL metrics file, TensorBoard, progress.
 
 The log line keeps Megatron-LM's fields, widths and number formats so that existing log parsers
-work; our one addition, ``throughput (tokens/s)``, comes last.
+work. Our additions: ``max attention logit`` (only with --log-max-attention-logit or --qk-clip,
+after ``num zeros``, where Megatron-LM puts ``params norm``) and ``throughput (tokens/s)``,
+which comes last.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def format_iteration_line(
     nan: int,
     tokens_per_sec: Optional[float] = None,
     timestamp: Optional[str] = None,
+    max_attention_logit: Optional[float] = None,
 ) -> str:
-    """One Megatron-LM ``training_log`` line (``loss`` None or <= 0: no loss field, as Megatron-LM)."""
+    """One Megatron-LM ``training_log`` line (``loss`` None or <= 0: no loss field, as Megatron-LM).
+
+    ``max_attention_logit`` None (the flags are off): no field, so the line is Megatron-LM's as before.
+    """
     s = f" [{timestamp or _timestamp()}]"
     s += " iteration {:8d}/{:8d} |".format(iteration, train_iters)
     s += " consumed samples: {:12d} |".format(consumed_samples)
@@ -49,6 +55,8 @@ def format_iteration_line(
         s += " grad norm: {:.3f} |".format(grad_norm)
     if num_zeros is not None:
         s += " num zeros: {:.1f} |".format(num_zeros)
+    if max_attention_logit is not None:
+        s += " max attention logit: {:.3f} |".format(max_attention_logit)
     s += " number of skipped iterations: {:3d} |".format(skipped)
     s += " number of nan iterations: {:3d} |".format(nan)
     if tokens_per_sec is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_opt.distributed.distrib_optimizer import finish_param_sync
-from megatron_opt.parallel import ProcessGroupCollection
+from megatron_opt.parallel import ProcessGroup, ProcessGroupCollection, all_gather_concat, group_size
 from megatron_opt.qk_clip import QKClipResult, clip_qk
 from training import checkpoint_glue
 from training.checkpoint_glue import Progress
@@ -62,7 +62,8 @@ class Run:
     valid_data: Optional[SampleDataset]
     layout: BatchLayout
     qk_clip: Optional[QKClipResult] = None
-    """The latest QK-clip result (with --qk-clip): this rank's max logit and clipped heads."""
+    """The latest QK-clip result (--qk-clip or --log-max-attention-logit) for the whole model: max logit and
+    clipped heads over every layer and head (see ``whole_model_qk_report``)."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -158,6 +159,7 @@ class Reporter:
                 loss=s.loss_sum / s.advanced if s.advanced else None, loss_scale=loss_scale,
                 grad_norm=grad_norm, num_zeros=num_zeros, skipped=s.skipped, nan=s.nan,
                 tokens_per_sec=self.tokens_per_iteration * s.iterations / s.seconds if s.seconds > 0 else None,
+                max_attention_logit=self.run.qk_clip.max_logit if self.run.qk_clip is not None else None,
             )
             print(line, flush=True)
             self.display.report()
@@ -206,6 +208,20 @@ def evaluate(run: Run) -> Optional[float]:
     return sum(losses) / len(losses)
 
 
+def whole_model_qk_report(result: QKClipResult, mp_group: ProcessGroup, device: torch.device) -> QKClipResult:
+    """This rank's ``clip_qk`` result -> the whole model's: max of the maxima, sum of the clipped heads over TP x PP.
+
+    ``clip_qk`` already took the max over DP, and every TP rank / pipeline stage holds other heads, so
+    this reduces what was measured (nothing is measured again): one gather of two numbers per step, on
+    every rank of the model-parallel group (a collective), only with the flags on.
+    """
+    if group_size(mp_group) == 1:
+        return result
+    mine = torch.tensor([[result.max_logit, float(result.clipped_heads)]], dtype=torch.float64, device=device)
+    rows = all_gather_concat(mine, mp_group, dim=0)
+    return QKClipResult(max_logit=float(rows[:, 0].max()), clipped_heads=int(rows[:, 1].sum()))
+
+
 def train_step(run: Run, microbatches: List[tuple], iteration: int = 0, faults: FaultPlan = FaultPlan()) -> tuple:
     """One iteration; returns (loss, updated, grad_norm, num_zeros). ``faults``: test-only, see fault_injection."""
     run.model.zero_grad_buffer()
@@ -217,8 +233,9 @@ def train_step(run: Run, microbatches: List[tuple], iteration: int = 0, faults: 
     updated, grad_norm, num_zeros = run.optimizer.step()
     if run.args.qk_clip or run.args.log_max_attention_logit:
         # also after a skipped step: the logits were measured on the weights as they are
-        run.qk_clip = clip_qk(unwrap_model(run.model).qk_clip_targets(), run.args.qk_clip_threshold,
-                              run.args.qk_clip_alpha, run.optimizer, run.pgs.dp, log_only=not run.args.qk_clip)
+        mine = clip_qk(unwrap_model(run.model).qk_clip_targets(), run.args.qk_clip_threshold,
+                       run.args.qk_clip_alpha, run.optimizer, run.pgs.dp, log_only=not run.args.qk_clip)
+        run.qk_clip = whole_model_qk_report(mine, run.pgs.mp, run.device)
     run.scheduler.step(run.args.global_batch_size)  # also when skipped: see the module docstring
     return result.loss, bool(updated), grad_norm, num_zeros
 

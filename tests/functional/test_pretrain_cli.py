@@ -21,7 +21,8 @@ SCRIPT = REPO_ROOT / "training" / "pretrain_gpt.py"
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
         "--micro-batch-size", "2", "--no-progress"]
 
-# Megatron-LM's training_log line: widths 8/8, 12, 5, 3, 3 and its number formats.
+# Megatron-LM's training_log line: widths 8/8, 12, 5, 3, 3 and its number formats (a run without the
+# max-attention-logit flags must not carry that field: the tests below check ``max_logit`` is None).
 LOG_LINE = re.compile(
     r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration (?P<it>[ \d]{8})/(?P<total>[ \d]{8}) \|"
     r" consumed samples: (?P<consumed>[ \d]{12}) \|"
@@ -31,6 +32,7 @@ LOG_LINE = re.compile(
     r" lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|"
     r" loss scale: \d+\.\d \|"
     r" grad norm: \d+\.\d{3} \|"
+    r"(?: max attention logit: (?P<max_logit>-?\d+\.\d{3}|-?inf|nan) \|)?"  # only with --log-max-attention-logit/--qk-clip
     r" number of skipped iterations: (?P<skipped>[ \d]{3}) \|"
     r" number of nan iterations: (?P<nan>[ \d]{3}) \|"
     r" throughput \(tokens/s\): \d+\.\d \|$"
@@ -55,6 +57,7 @@ def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
 
     lines = _log_lines(out)
     assert [int(m["it"]) for m in lines] == [2, 4], out
+    assert all(m["max_logit"] is None for m in lines) and "attention logit" not in out
     assert all(int(m["total"]) == 8 and int(m["gbs"]) == 2 and int(m["skipped"]) == 0 and int(m["nan"]) == 0 for m in lines)
     assert [int(m["consumed"]) for m in lines] == [4, 8]
     assert [int(m.group(1)) for m in map(VALID_LINE.match, out.splitlines()) if m] == [3]
@@ -74,11 +77,20 @@ def test_tp2_muon_logs_metrics_plot_checkpoint_and_resumes(tmp_path):
     assert [r["iteration"] for r in resumed] == list(range(1, 9))
 
     # The same 8 iterations without the stop at 4: losses and the final checkpoint are identical, bitwise
-    # (model, Muon momentum, the AdamW moments of the scalar params).
+    # (model, Muon momentum, the AdamW moments of the scalar params). This run also measures the attention
+    # logits (--log-max-attention-logit never touches the weights, so it must not change a bit): at a
+    # threshold of 1e-4 nearly every head of the 2 layers x 4 counts, and more than 4 (all that rank 0 holds)
+    # shows that the report is summed over TP; the log line carries the JSONL value.
     whole_dir = tmp_path / "whole"
     whole_args = [a if a != str(run_dir) else str(whole_dir) for a in common]
-    run_torchrun(SCRIPT, 2, [*whole_args, "--train-iters", "8"], timeout=120)
+    out = run_torchrun(SCRIPT, 2, [*whole_args, "--train-iters", "8", "--log-max-attention-logit",
+                                   "--qk-clip-threshold", "1e-4"], timeout=120).stdout
     whole = _train_records(whole_dir / "metrics.jsonl")
+    assert all(4 < r["qk_clipped_heads"] <= 8 for r in whole), [r["qk_clipped_heads"] for r in whole]
+    max_logit = {r["iteration"]: r["max_attention_logit"] for r in whole}
+    lines = _log_lines(out)
+    assert [int(m["it"]) for m in lines] == [2, 4, 6, 8], out
+    assert [m["max_logit"] for m in lines] == ["{:.3f}".format(max_logit[int(m["it"])]) for m in lines]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
     assert [r["lr"] for r in resumed] == [r["lr"] for r in whole]
     _, resumed_tensors = read_full_checkpoint(str(run_dir))
@@ -106,6 +118,7 @@ def test_dp2_distributed_optimizer_adam_loss_decreases(tmp_path):
                                    "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120).stdout
     lines = _log_lines(out)
     assert [int(m["it"]) for m in lines] == [5, 10, 15, 20]
+    assert all(m["max_logit"] is None for m in lines) and "attention logit" not in out
     assert int(lines[-1]["gbs"]) == 4 and int(lines[-1]["consumed"]) == 80  # DP=2 x micro batch 2
     losses = [r["loss"] for r in _train_records(metrics)]
     assert len(losses) == 20

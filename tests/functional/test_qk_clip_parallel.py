@@ -75,28 +75,40 @@ TINY_MUON_DP2 = [
 """A 4-iteration layer-wise Muon bf16 run at DP=2 of the real entry point."""
 
 
+def assert_log_lines_carry_max_logit(stdout: str, records: list) -> None:
+    """Every log line (iterations 2 and 4) carries that iteration's metrics.jsonl maximum, as printed (3 decimals)."""
+    from test_pretrain_cli import LOG_LINE
+
+    lines = [m for m in map(LOG_LINE.match, stdout.splitlines()) if m]
+    assert [int(m["it"]) for m in lines] == [2, 4], stdout
+    by_iteration = {r["iteration"]: r["max_attention_logit"] for r in records}
+    assert [m["max_logit"] for m in lines] == ["{:.3f}".format(by_iteration[int(m["it"])]) for m in lines]
+
+
 def test_pretrain_gpt_qk_clip_flags_clip_and_report(tmp_path):
-    """The real entry point: --qk-clip with layer-wise Muon bf16 at DP=2; the JSONL reports rank 0's heads."""
+    """The real entry point: --qk-clip with layer-wise Muon bf16 at DP=2; the JSONL and the log line report it."""
     import json
 
     from torchrun_helpers import REPO_ROOT
 
     metrics = tmp_path / "m.jsonl"
-    run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
+    out = run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
         *TINY_MUON_DP2, "--qk-clip", "--qk-clip-threshold", "0.05", "--qk-clip-alpha", "0.5",
-        "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120)
+        "--metrics-file", str(metrics), "--plot-file", str(tmp_path / "p.png")], timeout=120).stdout
     records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
     assert len(records) == 4
     assert all(r["max_attention_logit"] > 0 for r in records)
     assert sum(r["qk_clipped_heads"] for r in records) > 0, records
+    assert_log_lines_carry_max_logit(out, records)
 
     # --log-max-attention-logit alone: the same first measurement, and the weights are never clipped, so the
     # logged maxima are those of the run without QK-clip (its losses; the clipped run's differ after step 1).
     logged = tmp_path / "log_only.jsonl"
-    run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
+    out = run_torchrun(REPO_ROOT / "training" / "pretrain_gpt.py", 2, [
         *TINY_MUON_DP2, "--log-max-attention-logit", "--qk-clip-threshold", "0.05",
-        "--metrics-file", str(logged), "--plot-file", str(tmp_path / "p2.png")], timeout=120)
+        "--metrics-file", str(logged), "--plot-file", str(tmp_path / "p2.png")], timeout=120).stdout
     only = [r for r in map(json.loads, logged.read_text().splitlines()) if r["kind"] == "train"]
+    assert_log_lines_carry_max_logit(out, only)
     assert only[0]["max_attention_logit"] == records[0]["max_attention_logit"]
     assert only[0]["loss"] == records[0]["loss"] and only[-1]["loss"] != records[-1]["loss"]
     assert all(r["qk_clipped_heads"] > 0 for r in only)  # would have been clipped at 0.05

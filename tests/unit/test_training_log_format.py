@@ -18,6 +18,15 @@ def test_no_loss_field_when_every_step_was_skipped_and_num_zeros_when_logged():
     assert " loss scale: 65536.0 | num zeros: 12.0 | number of skipped iterations:   2 | number of nan iterations:   1 |" in line
 
 
+def test_max_attention_logit_field_only_when_given():
+    args = (4, 8, 16, 2.0, 1e-3, 4, 3.5, 1.0, 0.5, None, 0, 0)
+    without = format_iteration_line(*args, tokens_per_sec=10.0, timestamp="t")
+    with_field = format_iteration_line(*args, tokens_per_sec=10.0, timestamp="t", max_attention_logit=12.34567)
+    assert "attention" not in without
+    assert with_field == without.replace(" grad norm: 0.500 |", " grad norm: 0.500 | max attention logit: 12.346 |")
+    assert " max attention logit: nan |" in format_iteration_line(*args, max_attention_logit=float("nan"))
+
+
 def test_validation_line():
     text = format_validation_line("iteration 10", 2.0)
     bar, middle, bar2 = text.split("\n")
