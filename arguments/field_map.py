@@ -50,6 +50,9 @@ FIELD_FOR_DEST: Dict[str, str] = {
     "muon_custom_coefficients": "muon_custom_coefficients",
     "muon_num_ns_steps": "muon_num_ns_steps",
     "muon_tp_mode": "muon_tp_mode",
+    "muon_ns_algorithm": "muon_ns_algorithm",
+    "muon_gram_ns_restarts": "muon_gram_ns_restarts",
+    "muon_use_syrk": "muon_use_syrk",
     "muon_extra_scale_factor": "muon_extra_scale_factor",
     "muon_scalar_optimizer": "muon_scalar_optimizer",
     # adaptive muon

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from megatron_opt.config import (
     FP32_MATMUL_PRECISIONS,
     MOMENT2_METHODS,
+    NS_ALGORITHMS,
     SCALAR_OPTIMIZERS,
     SCALE_MODES,
     STANDARD_BACKENDS,
@@ -156,6 +157,9 @@ def add_emerging_optimizer_args(parser: argparse.ArgumentParser) -> None:
     _config_flag(g, "--muon-custom-coefficients", field="muon_custom_coefficients", type=coefficient_triples, metavar="YAML")
     _config_flag(g, "--muon-num-ns-steps", field="muon_num_ns_steps", type=positive_int)
     _config_flag(g, "--muon-tp-mode", field="muon_tp_mode", choices=TP_MODES)
+    _config_flag(g, "--muon-ns-algorithm", field="muon_ns_algorithm", choices=NS_ALGORITHMS)
+    _config_flag(g, "--muon-gram-ns-restarts", field="muon_gram_ns_restarts", type=non_negative_int, nargs="*", metavar="STEP")
+    _config_flag(g, "--muon-use-syrk", field="muon_use_syrk", action="store_true")
     _config_flag(g, "--muon-extra-scale-factor", field="muon_extra_scale_factor", type=float)
     _config_flag(g, "--muon-scalar-optimizer", field="muon_scalar_optimizer", choices=tuple(sorted(SCALAR_OPTIMIZERS)))
     _config_flag(g, "--adaptive-muon-moment2-method", field="adaptive_muon_moment2_method", choices=MOMENT2_METHODS)

@@ -22,8 +22,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_opt.config import SCALE_MODES, TP_MODES
-from megatron_opt.emerging.newton_schulz import fp32_matmul_precision, iteration_dtype, orthogonalize_tp, validate_precision
+from megatron_opt.config import NS_ALGORITHMS, SCALE_MODES, TP_MODES
+from megatron_opt.emerging.newton_schulz import (SYRK_MIN_ROWS, fp32_matmul_precision, iteration_dtype, orthogonalize_tp,
+                                                 validate_precision)
+from megatron_opt.emerging.newton_schulz_gram import GramSchedule, default_restarts
 from megatron_opt.errors import config_error
 from megatron_opt.ns_coefficients import Triple, coefficients_for_steps
 from megatron_opt.parallel import ProcessGroup, all_reduce, group_size
@@ -76,6 +78,8 @@ class TensorParallelMuon(torch.optim.Optimizer):
 
     ``tp_mode``: ``duplicated`` (all-gather, full NS, keep own chunk), ``distributed`` (sharded NS with
     all-reduced Grams; same result), ``blockwise`` (each shard on its own; scale from the local shape).
+    ``ns_algorithm="gram"``: the Gram-space NS with restarts after ``gram_restarts`` (default every 3rd
+    step) for matrices ≥ 1.5:1. ``use_syrk``: symmetric-block products on every device (docs/muon.md).
 
     ``found_inf`` (set by the caller, as for torch's fused optimizers) skips the step on device: decay,
     momentum, second moments and the update are masked writes, nothing is read back
@@ -101,6 +105,9 @@ class TensorParallelMuon(torch.optim.Optimizer):
         fp32_matmul_prec: str = "medium",
         tp_mode: str = "duplicated",
         tp_group: ProcessGroup = None,
+        ns_algorithm: str = "standard",
+        gram_restarts: Optional[Sequence[int]] = None,
+        use_syrk: bool = False,
     ) -> None:
         if lr < 0:
             raise config_error("lr", lr, "a number >= 0")
@@ -115,6 +122,8 @@ class TensorParallelMuon(torch.optim.Optimizer):
         if tp_mode not in TP_MODES:
             raise config_error("tp_mode", tp_mode, "one of " + ", ".join(TP_MODES))
         validate_precision(fp32_matmul_prec)
+        if ns_algorithm not in NS_ALGORITHMS:
+            raise config_error("ns_algorithm", ns_algorithm, "one of " + ", ".join(NS_ALGORITHMS))
         if extra_scale_factor <= 0:
             raise config_error("extra_scale_factor", extra_scale_factor, "a number > 0")
         # Resolves cycle/repeat_last, checks the type, custom triples and cubic5's step count now.
@@ -127,6 +136,9 @@ class TensorParallelMuon(torch.optim.Optimizer):
         self._ns_dtype = iteration_dtype(fp32_matmul_prec)
         self.tp_mode = tp_mode
         self.tp_group = tp_group
+        restarts = default_restarts(len(self.ns_coefficients)) if gram_restarts is None else tuple(gram_restarts)
+        self.gram = GramSchedule(restart_after=restarts) if ns_algorithm == "gram" else None
+        self.symmetric_min_rows = SYRK_MIN_ROWS if use_syrk else None
         self._plans: Dict[torch.Tensor, MatrixPlan] = {}
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, extra_scale_factor=extra_scale_factor)
         super().__init__(params, defaults)
@@ -307,7 +319,8 @@ class TensorParallelMuon(torch.optim.Optimizer):
         return results  # type: ignore[return-value]
 
     def _newton_schulz(self, x: torch.Tensor, sharded_dim: Optional[int]) -> torch.Tensor:
-        return orthogonalize_tp(x, self.ns_coefficients, self.tp_group, sharded_dim, self.tp_mode, dtype=self._ns_dtype)
+        return orthogonalize_tp(x, self.ns_coefficients, self.tp_group, sharded_dim, self.tp_mode, dtype=self._ns_dtype,
+                                symmetric_min_rows=self.symmetric_min_rows, gram=self.gram)
 
     # ---- helpers for subclasses -----------------------------------------------------------------
 

@@ -4,12 +4,11 @@ One step with coefficients ``(a, b, c)`` is ``A = X Xᵀ; B = bA + cA²; X = aX 
 Gram is smaller (``c == 0`` is the cubic step ``X = aX + bAX``). The per-step triples come from
 ``megatron_opt.ns_coefficients`` so the schedule (cycle / repeat-last) lives in one place.
 
-torch has no SYRK/SYMM, so a symmetric product costs a full GEMM. Both ``A = X Xᵀ`` and ``B = bA + cA²``
-are symmetric, so from ``SYMMETRIC_MIN_ROWS`` rows on (per device type) they are computed on 2×2 blocks,
-forming 3 of the 4 and mirroring the fourth, recursively down to blocks of half that size: the two
-products then cost 0.75× (one level), 0.625× (two), ... of their GEMM FLOPs. ``BX`` is a general product
-and stays one GEMM. The assembled ``A`` is still one tensor, so TP ``distributed`` mode all-reduces it
-as before.
+Both ``A = X Xᵀ`` and ``B = bA + cA²`` are symmetric, so from ``SYMMETRIC_MIN_ROWS`` rows on (per device
+type) they are computed on blocks, 3 of 4 formed (``symmetric_blocks``): 0.625× of their GEMM FLOPs at
+two levels. ``BX`` is a general product and stays one GEMM. The assembled ``A`` is still one tensor, so TP
+``distributed`` mode all-reduces it as before. With a ``GramSchedule`` (opt-in), matrices far from square
+take the Gram-space iteration instead (``newton_schulz_gram``): the same polynomial in fewer FLOPs.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from megatron_opt.config import FP32_MATMUL_PRECISIONS, TP_MODES
+from megatron_opt.emerging.newton_schulz_gram import GramSchedule, gram_iterate
+from megatron_opt.emerging.symmetric_blocks import gram_update, symmetric_polynomial
 from megatron_opt.errors import config_error
 from megatron_opt.ns_coefficients import Triple, coefficients_for_steps
 from megatron_opt.parallel import ProcessGroup, all_gather_concat, all_reduce, group_rank, group_size
@@ -83,6 +84,8 @@ so the smallest GEMM has at least half this many rows). On this project's CPU sp
 on (NS time 0.94x at 256×1024, 0.79x at 768×3072). Other devices use ``SYMMETRIC_MIN_ROWS_OTHER``: an
 unmeasured, cautious guess, since GPU GEMMs of a few hundred rows are bound by launches and occupancy."""
 SYMMETRIC_MIN_ROWS_OTHER = 2048
+SYRK_MIN_ROWS = 256
+"""With ``muon_use_syrk`` (Megatron's flag for its symmetric GEMM kernel), every device splits from here."""
 
 
 def orthogonalize(
@@ -93,10 +96,12 @@ def orthogonalize(
     tp_group: ProcessGroup = None,
     dtype: torch.dtype = torch.float32,
     symmetric_min_rows: Optional[int] = None,
+    gram: Optional[GramSchedule] = None,
 ) -> torch.Tensor:
     """``newton_schulz`` with the per-step triples and the iteration dtype already resolved.
 
-    ``symmetric_min_rows`` overrides the device's ``SYMMETRIC_MIN_ROWS`` (tests use it to force a path)."""
+    ``symmetric_min_rows`` overrides the device's ``SYMMETRIC_MIN_ROWS`` (``muon_use_syrk``, and tests
+    forcing a path). ``gram``: take the Gram-space iteration where ``gram.applies_to`` the shape."""
     if x.dim() not in (2, 3):
         raise TypeError(f"newton_schulz expects a 2-D matrix or a 3-D batch of matrices, got shape {tuple(x.shape)}")
     if x.dtype != torch.float32:
@@ -113,7 +118,11 @@ def orthogonalize(
     torch.div(X, sq_norm.sqrt_().clamp_(min=eps), out=X0)
     if symmetric_min_rows is None:
         symmetric_min_rows = SYMMETRIC_MIN_ROWS.get(X0.device.type, SYMMETRIC_MIN_ROWS_OTHER)
-    X = _iterate(X0, triples, tp_group, symmetric_min_rows)
+    # Under distributed TP the columns are split; every rank decides on the global width alike.
+    if gram is not None and gram.applies_to(X0.size(-2), X0.size(-1) * group_size(tp_group)):
+        X = gram_iterate(X0, triples, gram.restart_after, tp_group, symmetric_min_rows)
+    else:
+        X = _iterate(X0, triples, tp_group, symmetric_min_rows)
     X = X.float()
     return X.mT if transpose else X
 
@@ -126,62 +135,15 @@ def _iterate(X: torch.Tensor, triples: Sequence[Triple], tp_group: ProcessGroup,
     B = torch.empty_like(A)
     Y = torch.empty_like(X)
     for a, b, c in triples:
-        _gram_update(X, A, 0.0, 1.0, split_rows)  # A = X Xᵀ
+        gram_update(X, A, 0.0, 1.0, split_rows)  # A = X Xᵀ
         all_reduce(A, tp_group)  # under TP (distributed mode) the only all-reduce of the step
         if c == 0.0:
             addmm(X, A, X, beta=a, alpha=b, out=Y)  # cubic: aX + bAX, no A² and no B
         else:
-            _symmetric_polynomial(A, b, c, B, split_rows)  # B = bA + cA²
+            symmetric_polynomial(A, b, c, B, split_rows)  # B = bA + cA²
             addmm(X, B, X, beta=a, out=Y)  # X = aX + BX
         X, Y = Y, X
     return X
-
-
-def _gemm_update(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, beta: float, alpha: float) -> None:
-    """``out ← beta·out + alpha·x y`` in place (``beta == 0`` ignores what ``out`` held), matrices or batches."""
-    if beta == 0.0 and alpha == 1.0:
-        (torch.bmm if out.dim() == 3 else torch.mm)(x, y, out=out)
-    elif out.dim() == 3:
-        out.baddbmm_(x, y, beta=beta, alpha=alpha)
-    else:
-        out.addmm_(x, y, beta=beta, alpha=alpha)
-
-
-def _gram_update(X: torch.Tensor, C: torch.Tensor, beta: float, alpha: float, split_rows: int) -> None:
-    """``C ← beta·C + alpha·X Xᵀ`` for a symmetric ``C``: on row halves of X, 3 of the 4 blocks, the 4th mirrored."""
-    m = X.size(-2)
-    if m < split_rows:
-        _gemm_update(C, X, X.mT, beta, alpha)
-        return
-    h = (m + 1) // 2
-    X1, X2 = X[..., :h, :], X[..., h:, :]
-    _gram_update(X1, C[..., :h, :h], beta, alpha, split_rows)
-    _gram_update(X2, C[..., h:, h:], beta, alpha, split_rows)
-    _gemm_update(C[..., :h, h:], X1, X2.mT, beta, alpha)
-    C[..., h:, :h].copy_(C[..., :h, h:].mT)
-
-
-def _symmetric_polynomial(A: torch.Tensor, b: float, c: float, out: torch.Tensor, split_rows: int) -> None:
-    """``out ← bA + cA²`` for a symmetric ``A = [[P, Q], [Qᵀ, R]]`` (``out`` must not alias ``A``).
-
-    ``out11 = bP + c(P² + QQᵀ)``, ``out22 = bR + c(R² + QᵀQ)`` (symmetric again: recurse),
-    ``out12 = bQ + c(PQ + QR)`` (two general GEMMs), ``out21 = out12ᵀ`` mirrored.
-    """
-    m = A.size(-2)
-    if m < split_rows:
-        (torch.baddbmm if A.dim() == 3 else torch.addmm)(A, A, A, beta=b, alpha=c, out=out)
-        return
-    h = (m + 1) // 2
-    P, Q, R = A[..., :h, :h], A[..., :h, h:], A[..., h:, h:]
-    out11, out12, out22 = out[..., :h, :h], out[..., :h, h:], out[..., h:, h:]
-    _symmetric_polynomial(P, b, c, out11, split_rows)
-    _gram_update(Q, out11, 1.0, c, split_rows)
-    _symmetric_polynomial(R, b, c, out22, split_rows)
-    _gram_update(Q.mT, out22, 1.0, c, split_rows)
-    out12.copy_(Q)
-    _gemm_update(out12, P, Q, b, c)
-    _gemm_update(out12, Q, R, 1.0, c)
-    out[..., h:, :h].copy_(out12.mT)
 
 
 def newton_schulz_tp(
@@ -212,6 +174,8 @@ def orthogonalize_tp(
     tp_mode: str,
     eps: float = 1e-7,
     dtype: torch.dtype = torch.float32,
+    symmetric_min_rows: Optional[int] = None,
+    gram: Optional[GramSchedule] = None,
 ) -> torch.Tensor:
     """``newton_schulz_tp`` with the per-step triples and the iteration dtype already resolved."""
     if tp_mode not in TP_MODES:
@@ -221,12 +185,13 @@ def orthogonalize_tp(
     if partition_dim not in (None, 0, 1):
         raise config_error("partition_dim", partition_dim, "0, 1, -1 or None")
     if partition_dim is None or tp_mode == "blockwise":
-        return orthogonalize(x, triples, eps=eps, dtype=dtype)
+        return orthogonalize(x, triples, eps=eps, dtype=dtype, symmetric_min_rows=symmetric_min_rows, gram=gram)
     dim = partition_dim - 2  # the matrix dimension, also for a 3-D batch
     if tp_mode == "duplicated":
         full = all_gather_concat(x, tp_group, dim=dim)
-        out = orthogonalize(full, triples, eps=eps, dtype=dtype)
+        out = orthogonalize(full, triples, eps=eps, dtype=dtype, symmetric_min_rows=symmetric_min_rows, gram=gram)
         return out.chunk(group_size(tp_group), dim=dim)[group_rank(tp_group)].contiguous()
     # distributed: rows sharded (dim 0) → iterate on Xᵀ so the Gram XᵀX is over the unsharded columns;
     # cols sharded (dim 1) → iterate on X, Gram X Xᵀ over the rows. Each is a sum of per-shard Grams.
-    return orthogonalize(x, triples, eps=eps, transpose=partition_dim == 0, tp_group=tp_group, dtype=dtype)
+    return orthogonalize(x, triples, eps=eps, transpose=partition_dim == 0, tp_group=tp_group, dtype=dtype,
+                         symmetric_min_rows=symmetric_min_rows, gram=gram)

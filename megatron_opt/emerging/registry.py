@@ -88,6 +88,9 @@ def muon_config_to_kwargs(config: OptimizerConfig, pg_collection: ProcessGroupCo
         fp32_matmul_prec=config.muon_fp32_matmul_prec,
         tp_mode=config.muon_tp_mode,
         tp_group=pg_collection.tp,
+        ns_algorithm=config.muon_ns_algorithm,
+        gram_restarts=config.muon_gram_ns_restarts,
+        use_syrk=config.muon_use_syrk,
     )
 
 

@@ -1,4 +1,5 @@
-"""Muon family under TP=2 (torchrun, gloo): duplicated == TP=1, distributed == duplicated, blockwise == per-shard."""
+"""Muon family under TP=2 (torchrun, gloo): duplicated == TP=1, distributed == duplicated, blockwise == per-shard;
+the standard and the Gram-space Newton–Schulz."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ def test_muon_tensor_parallel_modes():
             _, name, diff, tol = line.split()
             results[name] = (float(diff), float(tol))
     assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    expected = {f"{v}.{c}" for v in ("muon", "muon_split_qkv", "adamuon", "normuon", "namo")
+    expected = {f"{v}.{c}" for v in ("muon", "muon_split_qkv", "adamuon", "normuon", "namo", "muon_gram")
                 for c in ("duplicated_vs_tp1", "distributed_vs_duplicated(relative)", "weights_moved(negated)")}
     expected |= {"muon.blockwise_vs_per_shard_muon", "muon.blockwise_differs_from_tp1(negated)"}
     expected |= {f"{v}.{m}_device_skip_vs_host_skip" for v in ("muon_split_qkv", "normuon") for m in ("duplicated", "distributed")}
     expected |= {"muon_big.duplicated_vs_tp1", "muon_big.distributed_vs_duplicated"}  # symmetric-block NS under TP
+    expected |= {"muon_big_gram.duplicated_vs_tp1", "muon_big_gram.distributed_vs_duplicated", "muon_big_gram.vs_standard_tp1"}
     assert set(results) == expected
     for name, (diff, tol) in results.items():
         assert diff <= tol, f"{name}: {diff} > {tol}"

@@ -82,6 +82,9 @@ MUON_FLAG_CASES = [
     (["--muon-tp-mode", "blockwise"], "muon_tp_mode", "blockwise"),
     (["--muon-extra-scale-factor", "0.2"], "muon_extra_scale_factor", 0.2),
     (["--muon-scalar-optimizer", "lion"], "muon_scalar_optimizer", "lion"),
+    (["--muon-ns-algorithm", "gram"], "muon_ns_algorithm", "gram"),
+    (["--muon-gram-ns-restarts", "2", "4"], "muon_gram_ns_restarts", (2, 4)),
+    (["--muon-use-syrk"], "muon_use_syrk", True),
 ]
 
 

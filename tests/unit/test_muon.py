@@ -257,6 +257,7 @@ def test_registry_maps_every_field_explicitly():
         muon_nesterov=True, muon_split_qkv=False, muon_coefficient_type="custom", muon_custom_coefficients=[(3, -3, 1)],
         muon_num_ns_steps=3, muon_scale_mode="unit_rms_norm", muon_extra_scale_factor=0.2, muon_fp32_matmul_prec="high",
         muon_tp_mode="blockwise", adaptive_muon_moment2_method="normuon", adaptive_muon_beta2=0.9, adaptive_muon_eps=1e-6,
+        muon_ns_algorithm="gram", muon_gram_ns_restarts=[1, 2], muon_use_syrk=True,
     )
     entry = get_emerging_optimizer_entry("adaptive_muon")
     kwargs = entry.config_to_kwargs(config, ProcessGroupCollection.single_process())
@@ -264,7 +265,7 @@ def test_registry_maps_every_field_explicitly():
         lr=0.03, momentum=0.8, nesterov=True, weight_decay=0.2, use_decoupled_weight_decay=False, split_qkv=False,
         coefficient_type="custom", custom_coefficients=((3.0, -3.0, 1.0),), num_ns_steps=3, scale_mode="unit_rms_norm",
         extra_scale_factor=0.2, fp32_matmul_prec="high", tp_mode="blockwise", tp_group=None,
-        moment2_method="normuon", beta2=0.9, eps=1e-6,
+        moment2_method="normuon", beta2=0.9, eps=1e-6, ns_algorithm="gram", gram_restarts=(1, 2), use_syrk=True,
     )
     p = torch.nn.Parameter(torch.randn(4, 4))
     opt = entry.optimizer_cls([{"params": [p], "lr": 0.03, "weight_decay": 0.2, "min_lr": 0.0, "lr_mult": 1.0}], **kwargs)

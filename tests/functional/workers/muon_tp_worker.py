@@ -97,6 +97,9 @@ def main() -> int:
         ("adamuon", TensorParallelAdaptiveMuon, dict(COMMON, split_qkv=True, moment2_method="adamuon")),
         ("normuon", TensorParallelAdaptiveMuon, dict(COMMON, split_qkv=True, moment2_method="normuon")),
         ("namo", TensorParallelAdaptiveMuon, dict(COMMON, split_qkv=False, moment2_method="namo")),
+        # Gram-space NS where a matrix is >= 1.5:1 (the 24x40 / 40x24 weights and the 32x16 Q blocks; under
+        # distributed TP also with all-reduced Grams of the row-parallel shards), plain NS for the rest.
+        ("muon_gram", TensorParallelMuon, dict(COMMON, split_qkv=True, ns_algorithm="gram")),
     ]
     for label, cls, kwargs in variants:
         single = run(cls, kwargs, problem)
@@ -128,6 +131,16 @@ def main() -> int:
     big_distr = gathered(run(TensorParallelMuon, dict(COMMON, tp_mode="distributed"), big, (2, rank), tp), big, tp)
     checks.append(("muon_big.duplicated_vs_tp1", max_diff(big_dup, big_single), 1e-6))
     checks.append(("muon_big.distributed_vs_duplicated", max_diff(big_distr, big_dup), 1e-5))
+    # the same 520x260 weight through the Gram-space NS: its 260x260 Grams on symmetric blocks, and under
+    # distributed TP two all-reduced Grams per NS call instead of five.
+    gram = dict(COMMON, ns_algorithm="gram")
+    gram_single = run(TensorParallelMuon, gram, big)
+    gram_dup = gathered(run(TensorParallelMuon, dict(gram, tp_mode="duplicated"), big, (2, rank), tp), big, tp)
+    gram_distr = gathered(run(TensorParallelMuon, dict(gram, tp_mode="distributed"), big, (2, rank), tp), big, tp)
+    checks.append(("muon_big_gram.duplicated_vs_tp1", max_diff(gram_dup, gram_single), 1e-6))
+    checks.append(("muon_big_gram.distributed_vs_duplicated", max_diff(gram_distr, gram_dup), 1e-5))
+    # and it is the same polynomial: within fp32 rounding of the standard loop's weights
+    checks.append(("muon_big_gram.vs_standard_tp1", max_diff(gram_single, big_single), 1e-5))
 
     # blockwise at TP=2 == Muon run separately (no TP) on each shard.
     block_kwargs = dict(COMMON, split_qkv=True)
