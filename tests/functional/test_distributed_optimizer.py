@@ -4,7 +4,7 @@ Each case trains a tiny GPT for 10 steps on the same global batches (one micro-b
 per DP rank, so DP=1 accumulates the gradients in the same order the DP=2 all-reduce sums them).
 
 Tolerances:
-* parameters, losses: IDENTICAL (bitwise) for Adam fp32/bf16, Lion, layer-wise Muon and SOAP fp32/bf16 and
+* parameters, losses: IDENTICAL (bitwise) for Adam fp32/bf16, Lion, layer-wise Muon (standard and Gram NS) and SOAP fp32/bf16 and
   TP=2×DP=2 vs TP=2×DP=1, with clipping off (see the worker for why);
 * grad norm: relative 1e-6 (the sharded norm sums per-piece norms in another order; seen ≤ 2e-7);
 * SGD with clip_grad=0.5 active (coefficient from that norm): parameters relative 1e-5 (seen ~6e-7);
@@ -130,6 +130,14 @@ def test_layer_wise_muon_fp32_dp2_equals_dp1(two):
 
 def test_layer_wise_muon_bf16_dp2_equals_dp1(two):
     check_case(two, "muon_bf16", ["LayerWiseDistributedOptimizer", "DistributedOptimizer"])
+
+
+def test_layer_wise_muon_gram_newton_schulz_dp2_equals_dp1(two):
+    """``muon_ns_algorithm="gram"``: bitwise DP=2 == DP=1 too, and a different (fp32-rounding) path than the standard loop."""
+    check_case(two, "muon_gram_fp32", ["LayerWiseDistributedOptimizer", "DistributedOptimizer"])
+    gram, standard = two[0]["muon_gram_fp32/ref"], two[0]["muon_fp32/ref"]
+    assert gram["losses"] != standard["losses"]
+    assert gram["losses"] == pytest.approx(standard["losses"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case", ["soap_fp32", "soap_bf16"])

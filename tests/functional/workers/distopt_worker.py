@@ -168,6 +168,9 @@ def suite_two(rank: int) -> dict:
     # layer-wise Muon (scalar params: ZeRO-1 Adam over the all-reduced buffers)
     res["muon_fp32/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True), FP32_MODEL, allreduce, pgs))
     res["muon_bf16/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, bf16=True), BF16_MODEL, allreduce, pgs))
+    # the Gram-space Newton-Schulz (QKV 96x32 and MLP 128x32 / 32x128 take it; the 32x32 projection does not)
+    res["muon_gram_fp32/layer_wise"] = strip(train(muon(use_layer_wise_distributed_optimizer=True, muon_ns_algorithm="gram"),
+                                                   FP32_MODEL, allreduce, pgs))
     # layer-wise SOAP (precondition refresh every 3 steps: eigh at step 1, QR refresh at 3, 6, 9)
     soap = soap_from_cli(2, "--use-distributed-optimizer")
     assert soap.use_layer_wise_distributed_optimizer and not soap.use_distributed_optimizer
@@ -193,6 +196,7 @@ def suite_two(rank: int) -> dict:
         res["lion_fp32/ref"] = strip(train(OptimizerConfig(optimizer="lion", lr=1e-3), FP32_MODEL, allreduce, single))
         res["muon_fp32/ref"] = strip(train(muon(), FP32_MODEL, allreduce, single))
         res["muon_bf16/ref"] = strip(train(muon(bf16=True), BF16_MODEL, allreduce, single))
+        res["muon_gram_fp32/ref"] = strip(train(muon(muon_ns_algorithm="gram"), FP32_MODEL, allreduce, single))
         res["soap_fp32/ref"] = strip(train(soap_from_cli(1), FP32_MODEL, allreduce, single))
         res["soap_bf16/ref"] = strip(train(soap_from_cli(1, "--bf16"), BF16_MODEL, allreduce, single))
     return res
