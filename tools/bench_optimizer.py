@@ -53,11 +53,9 @@ import torch  # noqa: E402
 
 from megatron_opt.config import OptimizerConfig  # noqa: E402
 from megatron_opt.emerging.newton_schulz import newton_schulz, orthogonalize  # noqa: E402
-from megatron_opt.emerging.newton_schulz_gram import GramSchedule, default_restarts  # noqa: E402
-from megatron_opt.ns_coefficients import coefficients_for_steps  # noqa: E402
 from megatron_opt.factory import get_megatron_optimizer  # noqa: E402
 from megatron_opt.parallel import ProcessGroupCollection  # noqa: E402
-from tools.bench_muon import KJ, NS_STEPS, ns_flops, torch_muon_in_fp32  # noqa: E402
+from tools.bench_muon import GRAM, KJ, NS_STEPS, TRIPLES, ns_flops, torch_muon_in_fp32  # noqa: E402
 from training.model import GPT, GPTConfig  # noqa: E402
 
 
@@ -261,10 +259,6 @@ def matrix_shapes(preset: Preset) -> List[Tuple[int, int]]:
     return sorted({tuple(p.shape) for p in build_model(preset, torch.float32).parameters() if is_matrix(p)})
 
 
-GRAM = GramSchedule(restart_after=default_restarts(NS_STEPS))
-"""What ``muon_ns_algorithm="gram"`` builds with its default restarts (TensorParallelMuon does the same)."""
-
-
 def bench_ns(shape: Tuple[int, int], repeats: int, gram: bool = False) -> Dict[str, object]:
     """Our NS (fp32, 'highest') against exactly its GEMMs as plain ``torch.mm`` into preallocated outputs.
 
@@ -276,7 +270,6 @@ def bench_ns(shape: Tuple[int, int], repeats: int, gram: bool = False) -> Dict[s
     x = torch.randn(shape, generator=gen)
     xs, xt = torch.randn(m, n, generator=gen), torch.randn(n, m, generator=gen)
     a, g, o = torch.empty(m, m), torch.empty(m, m), torch.empty(m, n)
-    triples = coefficients_for_steps("simple", NS_STEPS)
 
     def gemms() -> None:
         for _ in range(NS_STEPS):
@@ -288,7 +281,7 @@ def bench_ns(shape: Tuple[int, int], repeats: int, gram: bool = False) -> Dict[s
         newton_schulz(x, NS_STEPS, "simple", precision="highest")
 
     def ns_gram() -> None:
-        orthogonalize(x, triples, dtype=torch.float32, gram=GRAM)
+        orthogonalize(x, TRIPLES, dtype=torch.float32, gram=GRAM)
 
     fns: Dict[str, Callable[[], None]] = {"ns": ns, "matmul": gemms}
     gram_applies = gram and GRAM.applies_to(m, n)
@@ -302,7 +295,7 @@ def bench_ns(shape: Tuple[int, int], repeats: int, gram: bool = False) -> Dict[s
     if gram:
         res["gram_applies"] = gram_applies
     if gram_applies:  # the same polynomial: the outputs differ by fp32 rounding only
-        res["gram_max_abs_diff_vs_ns"] = (orthogonalize(x, triples, dtype=torch.float32, gram=GRAM)
+        res["gram_max_abs_diff_vs_ns"] = (orthogonalize(x, TRIPLES, dtype=torch.float32, gram=GRAM)
                                           - newton_schulz(x, NS_STEPS, "simple", precision="highest")).abs().max().item()
     for label, times in (("", wall), ("cpu_", cpu)):
         res[label + "ns_gflops"] = quartiles([flops / t / 1e9 for t in times["ns"]])
