@@ -4,7 +4,8 @@ Both optimizers use the same NS (KJ "simple" triple, 5 steps, scale sqrt(max(1, 
 fp32_matmul_prec='highest'. torch.optim.Muon always iterates in bf16 (``grad.bfloat16()``), which on a
 CPU without bf16 matmul units is ~100x slower than fp32; so it is timed twice: as shipped (bf16, small
 models only unless --torch-bf16-all) and as "torch-fp32", i.e. torch's own code with that one cast
-turned into a copy — the like-for-like comparison.
+turned into a copy — the like-for-like comparison. "ours-gram" is ours with ``ns_algorithm="gram"``
+(Gram-space NS with restarts for matrices >= 1.5:1), timed in the same rounds.
 
     python tools/bench_muon.py            # GPT layer shapes (d=768) and a small model (d=256)
     python tools/bench_muon.py --quick    # tiny shapes, a second or two
@@ -18,14 +19,19 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from megatron_opt.emerging import TensorParallelMuon, newton_schulz
+from megatron_opt.emerging.newton_schulz import orthogonalize
+from megatron_opt.emerging.newton_schulz_gram import GramSchedule, default_restarts
+from megatron_opt.ns_coefficients import coefficients_for_steps
 
 KJ = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
+TRIPLES = coefficients_for_steps("simple", NS_STEPS)
+GRAM = GramSchedule(restart_after=default_restarts(NS_STEPS))  # what ns_algorithm="gram" builds by default
 
 
 def gpt_layer_shapes(hidden: int) -> List[Tuple[int, int]]:
@@ -75,9 +81,11 @@ def _summary(times: Sequence[float]) -> str:
 
 
 def bench_step(shapes, repeats: int, with_bf16: bool) -> Dict[str, List[float]]:
-    ours_params, fp32_params, bf16_params = _params(shapes), _params(shapes), _params(shapes)
-    ours = TensorParallelMuon(ours_params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1, coefficient_type="simple",
-                              num_ns_steps=NS_STEPS, scale_mode="shape_scaling", fp32_matmul_prec="highest")
+    ours_params, gram_params, fp32_params, bf16_params = _params(shapes), _params(shapes), _params(shapes), _params(shapes)
+    kw = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1, coefficient_type="simple",
+              num_ns_steps=NS_STEPS, scale_mode="shape_scaling", fp32_matmul_prec="highest")
+    ours = TensorParallelMuon(ours_params, **kw)
+    ours_gram = TensorParallelMuon(gram_params, ns_algorithm="gram", **kw)
     theirs = torch.optim.Muon(fp32_params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1, ns_coefficients=KJ, ns_steps=NS_STEPS)
 
     def torch_fp32_step():
@@ -85,10 +93,10 @@ def bench_step(shapes, repeats: int, with_bf16: bool) -> Dict[str, List[float]]:
             theirs.step()
 
     # Interleave the repeats so that load from other processes hits both sides alike.
-    results: Dict[str, List[float]] = {"ours": [], "torch-fp32": []}
-    ours.step(), torch_fp32_step()  # warm-up: state creation, allocator, thread pools
+    results: Dict[str, List[float]] = {"ours": [], "ours-gram": [], "torch-fp32": []}
+    ours.step(), ours_gram.step(), torch_fp32_step()  # warm-up: state creation, allocator, thread pools
     for _ in range(repeats):
-        for label, fn in (("ours", ours.step), ("torch-fp32", torch_fp32_step)):
+        for label, fn in (("ours", ours.step), ("ours-gram", ours_gram.step), ("torch-fp32", torch_fp32_step)):
             t0 = time.perf_counter()
             fn()
             results[label].append(time.perf_counter() - t0)
@@ -98,8 +106,9 @@ def bench_step(shapes, repeats: int, with_bf16: bool) -> Dict[str, List[float]]:
     return results
 
 
-def bench_ns(shapes, repeats: int) -> List[Tuple[Tuple[int, int], float, float]]:
-    """(shape, NS FLOP/s, dense matmul FLOP/s), the two timed alternately so both see the same load.
+def bench_ns(shapes, repeats: int) -> List[Tuple[Tuple[int, int], float, float, Optional[float]]]:
+    """(shape, NS FLOP/s, dense matmul FLOP/s, Gram-space NS FLOP/s or None where it is not taken), timed
+    alternately so all see the same load; the Gram-space NS is rated at the plain NS's nominal FLOPs.
 
     The matmul reference is the NS's own biggest product, (m×n)·(n×m) with m the short side, as one
     plain ``torch.mm`` into a preallocated output; both use the best of ``repeats`` runs.
@@ -109,7 +118,8 @@ def bench_ns(shapes, repeats: int) -> List[Tuple[Tuple[int, int], float, float]]
         m, n = min(shape), max(shape)
         x = torch.randn(shape)
         a, b, out = torch.randn(m, n), torch.randn(n, m), torch.empty(m, m)
-        ns_times, mm_times = [], []
+        ns_times, mm_times, gram_times = [], [], []
+        gram = GRAM.applies_to(m, n)
         newton_schulz(x, NS_STEPS, "simple", precision="highest")
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -118,9 +128,13 @@ def bench_ns(shapes, repeats: int) -> List[Tuple[Tuple[int, int], float, float]]
             for _ in range(5):
                 torch.mm(a, b, out=out)
             t2 = time.perf_counter()
+            if gram:
+                orthogonalize(x, TRIPLES, gram=GRAM)
+            gram_times.append(time.perf_counter() - t2)
             ns_times.append(t1 - t0)
             mm_times.append((t2 - t1) / 5)
-        rows.append((shape, ns_flops(shape) / min(ns_times), 2.0 * m * m * n / min(mm_times)))
+        rows.append((shape, ns_flops(shape) / min(ns_times), 2.0 * m * m * n / min(mm_times),
+                     ns_flops(shape) / min(gram_times) if gram else None))
     return rows
 
 
@@ -149,15 +163,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  {name}: {len(shapes)} matrices")
         for label, times in res.items():
             print(f"    {label:24s} {_summary(times)}")
-        paired = [o / t for o, t in zip(res["ours"], res["torch-fp32"])]
-        print(f"    ratio ours/torch-fp32     median of paired ratios {statistics.median(paired):.3f}  (min {min(paired):.3f}, max {max(paired):.3f}); "
-              f"best/best {min(res['ours']) / min(res['torch-fp32']):.3f}")
+        for mine in ("ours", "ours-gram"):
+            paired = [o / t for o, t in zip(res[mine], res["torch-fp32"])]
+            print(f"    ratio {mine + '/torch-fp32':21s}median of paired ratios {statistics.median(paired):.3f}  (min {min(paired):.3f}, "
+                  f"max {max(paired):.3f}); best/best {min(res[mine]) / min(res['torch-fp32']):.3f}")
         if "torch-bf16 (as shipped)" in res:
-            print(f"    ratio ours/torch-bf16     medians {statistics.median(res['ours']) / statistics.median(res['torch-bf16 (as shipped)']):.4f}")
+            print(f"    ratio ours/torch-bf16      medians {statistics.median(res['ours']) / statistics.median(res['torch-bf16 (as shipped)']):.4f}")
     print("Newton-Schulz (simple x 5, fp32) vs a dense fp32 matmul of its largest product, best of repeats:")
     all_shapes = [s for shapes, _ in models.values() for s in shapes]
-    for shape, ns, mm in bench_ns(all_shapes, repeats):
-        print(f"  {shape[0]:5d}x{shape[1]:<5d} NS {ns / 1e9:7.1f} GFLOP/s, matmul {mm / 1e9:7.1f} GFLOP/s: NS at {100 * ns / mm:5.1f}% of matmul FLOP/s")
+    for shape, ns, mm, gram in bench_ns(all_shapes, repeats):
+        print(f"  {shape[0]:5d}x{shape[1]:<5d} NS {ns / 1e9:7.1f} GFLOP/s, matmul {mm / 1e9:7.1f} GFLOP/s: NS at {100 * ns / mm:5.1f}% of matmul FLOP/s"
+              + (f"; gram {gram / 1e9:7.1f} GFLOP/s (nominal) at {100 * gram / mm:5.1f}%" if gram else "; gram not taken (< 1.5:1)"))
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,18 @@ For each GPT-shaped parameter set (``--preset``) and each optimizer:
   reference = ``torch.optim.Muon`` on the same matrices with the same triple/steps, iterated in fp32
   (its one ``grad.bfloat16()`` cast made a copy: ``tools/bench_muon.torch_muon_in_fp32``), plus
   ``torch.optim.AdamW`` for the non-matrix parameters and the same foreach clip over everything.
+* **muon_gram**: ours = the muon config plus ``muon_ns_algorithm="gram"`` (Gram-space NS with restarts
+  for matrices >= 1.5:1, square ones keep the standard loop); reference = the same fp32 torch.optim.Muon.
+  With muon and muon_gram both requested, the two of ours and the one reference are timed in the same
+  interleaved rounds, so each ratio is against the same reference times (and muon_gram also gets a
+  ratio against our standard muon).
 
 Both sides start from the same weights and gradients (``main_grad``, as our DDP delivers them); the
 largest |Δparam| after the first step is printed to show the reference does the same math. Timings
 are interleaved (ours, ref, ref, ours, ...) and reported as the median of per-round ratios with the
 IQR, because the machine may be shared. Also: Newton–Schulz FLOP/s against the same GEMMs as plain
-``torch.mm`` (per matrix shape), and optimizer-state bytes per parameter.
+``torch.mm`` (per matrix shape; with muon_gram also the Gram-space NS, at the same nominal FLOPs), and
+optimizer-state bytes per parameter.
 
     python tools/bench_optimizer.py --preset small --repeats 5 --json bench.json
     python tools/bench_optimizer.py --preset small --nproc 2    # relaunches itself under torchrun (gloo)
@@ -46,10 +52,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from megatron_opt.config import OptimizerConfig  # noqa: E402
-from megatron_opt.emerging.newton_schulz import newton_schulz  # noqa: E402
+from megatron_opt.emerging.newton_schulz import newton_schulz, orthogonalize  # noqa: E402
 from megatron_opt.factory import get_megatron_optimizer  # noqa: E402
 from megatron_opt.parallel import ProcessGroupCollection  # noqa: E402
-from tools.bench_muon import KJ, NS_STEPS, ns_flops, torch_muon_in_fp32  # noqa: E402
+from tools.bench_muon import GRAM, KJ, NS_STEPS, TRIPLES, ns_flops, torch_muon_in_fp32  # noqa: E402
 from training.model import GPT, GPTConfig  # noqa: E402
 
 
@@ -69,6 +75,9 @@ PRESETS: Dict[str, Preset] = {
     "gpt124m": Preset(12, 768, 12, 50257, 1024),
 }
 LR, WD, CLIP = 1e-3, 0.1, 1.0
+OPTIMIZERS = ("adam", "muon", "muon_gram")
+REFERENCE_OF = {"adam": "adam", "muon": "muon", "muon_gram": "muon"}
+"""Which reference each optimizer is timed against; names sharing one are timed in the same rounds."""
 
 
 def build_model(preset: Preset, dtype: torch.dtype, seed: int = 0) -> GPT:
@@ -90,6 +99,8 @@ def is_matrix(p: torch.nn.Parameter) -> bool:
 def our_config(name: str, **extra) -> OptimizerConfig:
     if name == "adam":
         return OptimizerConfig(optimizer="adam", lr=LR, weight_decay=WD, clip_grad=CLIP, bf16=True, **extra)
+    if name == "muon_gram":
+        return our_config("muon", muon_ns_algorithm="gram", **extra)
     return OptimizerConfig(optimizer="muon", lr=LR, weight_decay=WD, clip_grad=CLIP, muon_momentum=0.95, muon_nesterov=True,
                            muon_coefficient_type="simple", muon_num_ns_steps=NS_STEPS, muon_scale_mode="shape_scaling",
                            muon_split_qkv=False, muon_fp32_matmul_prec="highest", **extra)
@@ -200,34 +211,60 @@ def wall_cpu_summary(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], 
     return {**ratio_summary(wall[a], wall[b]), "cpu": ratio_summary(cpu[a], cpu[b])}
 
 
-def bench_step(name: str, preset: Preset, repeats: int) -> Dict[str, object]:
-    dtype = torch.bfloat16 if name == "adam" else torch.float32
-    ours_model, ref_model = build_model(preset, dtype), build_model(preset, dtype)
-    n_params = sum(p.numel() for p in ours_model.parameters())
+def bench_steps(names: Sequence[str], preset: Preset, repeats: int) -> List[Dict[str, object]]:
+    """One entry per name (in the given order); the names sharing a reference are timed in the same rounds."""
+    out: Dict[str, Dict[str, object]] = {}
+    for ref_name in dict.fromkeys(REFERENCE_OF[n] for n in names):
+        out.update(bench_group([n for n in names if REFERENCE_OF[n] == ref_name], ref_name, preset, repeats))
+    return [out[n] for n in names]
+
+
+def bench_group(names: Sequence[str], ref_name: str, preset: Preset, repeats: int) -> Dict[str, Dict[str, object]]:
+    """Each of ours (one model and optimizer per name) and the one reference, interleaved in every round."""
+    dtype = torch.bfloat16 if ref_name == "adam" else torch.float32
+    models = {n: build_model(preset, dtype) for n in names}
+    ref_model = build_model(preset, dtype)
+    n_params = sum(p.numel() for p in ref_model.parameters())
+    ours, rss_delta = {}, {}
+    for n in names:
+        rss0 = rss_bytes()
+        ours[n] = get_megatron_optimizer(our_config(n), [models[n]], config_overrides={})
+        ours[n].step()  # warm-up: state, allocator, thread pools
+        rss_delta[n] = (rss_bytes() - rss0) / n_params
     rss0 = rss_bytes()
-    ours = get_megatron_optimizer(our_config(name), [ours_model], config_overrides={})
-    ours.step()  # warm-up: state, allocator, thread pools
-    rss1 = rss_bytes()
-    ref = LeanAdam(ref_model) if name == "adam" else LeanMuon(ref_model)
+    ref = LeanAdam(ref_model) if ref_name == "adam" else LeanMuon(ref_model)
     ref.step()
-    rss2 = rss_bytes()
-    max_diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(ours_model.parameters(), ref_model.parameters()))
-    wall, cpu = interleaved_wall_and_cpu({"ours": lambda: ours.step(), "ref": ref.step}, repeats)
-    return {
-        "optimizer": name, "n_params": n_params, "param_dtype": str(dtype).replace("torch.", ""),
-        "max_abs_param_diff_after_step1": max_diff,
-        **wall_cpu_summary(wall, cpu, "ours", "ref"),
-        "state_bytes_per_param": {"ours": _bytes(our_state_tensors(ours)) / n_params, "ref": _bytes(ref.state_tensors()) / n_params},
-        "rss_delta_bytes_per_param": {"ours": (rss1 - rss0) / n_params, "ref": (rss2 - rss1) / n_params},
-    }
+    ref_rss_delta = (rss_bytes() - rss0) / n_params
+    max_diff = {n: max((a.float() - b.float()).abs().max().item() for a, b in zip(models[n].parameters(), ref_model.parameters()))
+                for n in names}  # after the first step of each side
+    fns: Dict[str, Callable[[], None]] = {n: ours[n].step for n in names}
+    fns["ref"] = ref.step
+    wall, cpu = interleaved_wall_and_cpu(fns, repeats)
+    res: Dict[str, Dict[str, object]] = {}
+    for n in names:
+        res[n] = {
+            "optimizer": n, "n_params": n_params, "param_dtype": str(dtype).replace("torch.", ""),
+            "max_abs_param_diff_after_step1": max_diff[n],
+            **wall_cpu_summary(wall, cpu, n, "ref"),
+            "state_bytes_per_param": {"ours": _bytes(our_state_tensors(ours[n])) / n_params, "ref": _bytes(ref.state_tensors()) / n_params},
+            "rss_delta_bytes_per_param": {"ours": rss_delta[n], "ref": ref_rss_delta},
+            "timed_with": [m for m in names if m != n],  # ours-variants in the same rounds (same ref times)
+        }
+    if "muon" in names and "muon_gram" in names:
+        res["muon_gram"]["vs_muon"] = wall_cpu_summary(wall, cpu, "muon_gram", "muon")
+    return res
 
 
 def matrix_shapes(preset: Preset) -> List[Tuple[int, int]]:
     return sorted({tuple(p.shape) for p in build_model(preset, torch.float32).parameters() if is_matrix(p)})
 
 
-def bench_ns(shape: Tuple[int, int], repeats: int) -> Dict[str, object]:
-    """Our NS (fp32, 'highest') against exactly its GEMMs as plain ``torch.mm`` into preallocated outputs."""
+def bench_ns(shape: Tuple[int, int], repeats: int, gram: bool = False) -> Dict[str, object]:
+    """Our NS (fp32, 'highest') against exactly its GEMMs as plain ``torch.mm`` into preallocated outputs.
+
+    ``gram``: also the Gram-space NS where ``GRAM`` applies to the shape (``gram_applies``), rated at the
+    same nominal FLOPs, so ``gram_fraction_of_matmul`` reads as its speed against the plain GEMMs.
+    """
     m, n = min(shape), max(shape)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen)
@@ -243,14 +280,31 @@ def bench_ns(shape: Tuple[int, int], repeats: int) -> Dict[str, object]:
     def ns() -> None:
         newton_schulz(x, NS_STEPS, "simple", precision="highest")
 
-    ns(), gemms()
-    wall, cpu = interleaved_wall_and_cpu({"ns": ns, "matmul": gemms}, repeats)
+    def ns_gram() -> None:
+        orthogonalize(x, TRIPLES, dtype=torch.float32, gram=GRAM)
+
+    fns: Dict[str, Callable[[], None]] = {"ns": ns, "matmul": gemms}
+    gram_applies = gram and GRAM.applies_to(m, n)
+    if gram_applies:
+        fns["gram"] = ns_gram
+    for fn in fns.values():
+        fn()
+    wall, cpu = interleaved_wall_and_cpu(fns, repeats)
     flops = ns_flops(shape)
     res: Dict[str, object] = {"shape": list(shape), "flops": flops}
+    if gram:
+        res["gram_applies"] = gram_applies
+    if gram_applies:  # the same polynomial: the outputs differ by fp32 rounding only
+        res["gram_max_abs_diff_vs_ns"] = (orthogonalize(x, TRIPLES, dtype=torch.float32, gram=GRAM)
+                                          - newton_schulz(x, NS_STEPS, "simple", precision="highest")).abs().max().item()
     for label, times in (("", wall), ("cpu_", cpu)):
         res[label + "ns_gflops"] = quartiles([flops / t / 1e9 for t in times["ns"]])
         res[label + "matmul_gflops"] = quartiles([flops / t / 1e9 for t in times["matmul"]])
         res[label + "ns_fraction_of_matmul"] = quartiles([tm / tn for tn, tm in zip(times["ns"], times["matmul"])])
+        if gram_applies:
+            res[label + "gram_gflops"] = quartiles([flops / t / 1e9 for t in times["gram"]])
+            res[label + "gram_fraction_of_matmul"] = quartiles([tm / tg for tg, tm in zip(times["gram"], times["matmul"])])
+            res[label + "gram_time_vs_ns"] = quartiles([tg / tn for tg, tn in zip(times["gram"], times["ns"])])
     return res
 
 
@@ -323,10 +377,19 @@ def print_report(res: Dict[str, object]) -> None:
         print(f"{s['optimizer']:9} {s['n_params']:>10} {_q(ms['ours_s'], '{:.1f}'):>22} {_q(ms['ref_s'], '{:.1f}'):>22} "
               f"{_q(s['ratio']):>22} {_q(s['cpu']['ratio']):>22} {s['max_abs_param_diff_after_step1']:>9.2e} "
               f"{s['state_bytes_per_param']['ours']:>8.2f} / {s['state_bytes_per_param']['ref']:<8.2f}")
-    print("Newton-Schulz (simple x 5, fp32) vs the same GEMMs as plain torch.mm:")
+        if "vs_muon" in s:
+            v = s["vs_muon"]
+            print(f"  muon_gram / muon in the same rounds: wall {_q(v['ratio'])}, cpu {_q(v['cpu']['ratio'])}")
+    print("Newton-Schulz (simple x 5, fp32) vs the same GEMMs as plain torch.mm (nominal FLOPs 5(4m^2n + 2m^3) for all):")
     for r in res["newton_schulz"]:
         print(f"  {r['shape'][0]:5d}x{r['shape'][1]:<5d} NS {_q(r['ns_gflops'], '{:.1f}')} GFLOP/s, matmul {_q(r['matmul_gflops'], '{:.1f}')} "
               f"GFLOP/s, NS/matmul wall {_q(r['ns_fraction_of_matmul'])}, cpu {_q(r['cpu_ns_fraction_of_matmul'])}")
+        if r.get("gram_applies"):
+            print(f"  {'':11} gram {_q(r['gram_gflops'], '{:.1f}')} GFLOP/s, gram/matmul wall {_q(r['gram_fraction_of_matmul'])}, "
+                  f"cpu {_q(r['cpu_gram_fraction_of_matmul'])}; time gram/NS cpu {_q(r['cpu_gram_time_vs_ns'])}; "
+                  f"max|gram - NS| {r['gram_max_abs_diff_vs_ns']:.1e}")
+        elif "gram_applies" in r:
+            print(f"  {'':11} gram: not taken (aspect ratio < {GRAM.min_aspect_ratio}), the standard loop as above")
     d = res.get("distributed")
     if d:
         lw = d["muon_step_layer_wise_vs_duplicated"]
@@ -354,14 +417,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--layers", type=int, default=None,
                         help="override the preset's layer count (Muon's step time is linear in it; keeps gpt124m-shaped runs short)")
-    parser.add_argument("--optimizers", default="adam,muon", help="comma-separated subset of adam,muon")
+    parser.add_argument("--optimizers", default="adam,muon", help="comma-separated subset of " + ",".join(OPTIMIZERS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=1, help="ranks (run under torchrun when > 1)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     names = [n for n in args.optimizers.split(",") if n]
-    if any(n not in ("adam", "muon") for n in names) or args.repeats < 1:
-        parser.error(f"--optimizers={args.optimizers} / --repeats={args.repeats}: expected names from adam,muon and repeats >= 1")
+    if any(n not in OPTIMIZERS for n in names) or len(set(names)) != len(names) or args.repeats < 1:
+        parser.error(f"--optimizers={args.optimizers} / --repeats={args.repeats}: expected distinct names from "
+                     f"{','.join(OPTIMIZERS)} and repeats >= 1")
     preset = PRESETS[args.preset]
     if args.layers is not None:
         if args.layers < 1:
@@ -384,8 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     res: Dict[str, object] = {"machine": machine(), "preset": args.preset, "preset_shape": preset.__dict__, "repeats": args.repeats}
     if rank == 0:
-        res["steps"] = [bench_step(n, preset, args.repeats) for n in names]
-        res["newton_schulz"] = [bench_ns(s, args.repeats) for s in matrix_shapes(preset)] if "muon" in names else []
+        res["steps"] = bench_steps(names, preset, args.repeats)
+        muon_like = "muon" in names or "muon_gram" in names
+        res["newton_schulz"] = [bench_ns(s, args.repeats, gram="muon_gram" in names) for s in matrix_shapes(preset)] if muon_like else []
     if world > 1:
         import torch.distributed as dist
 

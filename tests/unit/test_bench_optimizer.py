@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tools import bench_optimizer
 
 
@@ -37,3 +39,36 @@ def test_tiny_benchmark_writes_complete_json(tmp_path, capsys):
     for r in res["newton_schulz"]:
         for key in ("ns_gflops", "matmul_gflops", "ns_fraction_of_matmul"):
             _positive_quartiles(r[key])
+
+
+def test_tiny_benchmark_times_gram_muon_next_to_standard(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench_optimizer.main(["--preset", "tiny", "--repeats", "2", "--optimizers", "muon,muon_gram", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert "muon_gram / muon" in capsys.readouterr().out
+    muon, gram = res["steps"]
+    assert (muon["optimizer"], gram["optimizer"]) == ("muon", "muon_gram")
+    assert muon["ref_s"] == gram["ref_s"]  # one reference, timed in the same rounds as both of ours
+    assert gram["timed_with"] == ["muon"] and muon["timed_with"] == ["muon_gram"]
+    for key in ("ours_s", "ref_s", "ratio"):
+        _positive_quartiles(gram[key])
+    _positive_quartiles(gram["cpu"]["ratio"])
+    _positive_quartiles(gram["vs_muon"]["ratio"])
+    _positive_quartiles(gram["vs_muon"]["cpu"]["ratio"])
+    assert gram["max_abs_param_diff_after_step1"] < 1e-5  # same polynomial, fp32 rounding only
+    assert gram["state_bytes_per_param"] == muon["state_bytes_per_param"]
+    rows = {tuple(r["shape"]): r for r in res["newton_schulz"]}
+    assert rows[(32, 32)]["gram_applies"] is False and "gram_gflops" not in rows[(32, 32)]  # square: standard loop
+    for shape in ((96, 32), (128, 32), (32, 128)):
+        r = rows[shape]
+        assert r["gram_applies"] is True
+        for key in ("gram_gflops", "gram_fraction_of_matmul", "gram_time_vs_ns", "cpu_gram_gflops", "cpu_gram_time_vs_ns"):
+            _positive_quartiles(r[key])
+        assert 0 < r["gram_max_abs_diff_vs_ns"] < 1e-5  # the gram loop really ran (a different rounding), same result
+
+
+def test_repeated_or_unknown_optimizer_is_one_clear_error(capsys):
+    for value in ("muon,muon", "muon,gram"):
+        with pytest.raises(SystemExit):
+            bench_optimizer.main(["--preset", "tiny", "--optimizers", value])
+        assert f"--optimizers={value}" in capsys.readouterr().err
