@@ -137,8 +137,8 @@ class OptimizerConfig:
     """Tensor-parallel Newton–Schulz: duplicated | distributed | blockwise."""
     muon_ns_algorithm: str = "standard"
     """Newton–Schulz loop: standard (X ← aX + BX every step) | gram (the same polynomial in Gram space with
-    restarts, ~0.55x the time for matrices >= 1.5:1; opt-in, its fp32 error is up to ~4x the standard
-    loop's: docs/muon.md)."""
+    restarts, for matrices >= 1.5:1: ~0.6x the NS time of the standard loop there; opt-in, as its fp32
+    error is up to 3.4x the standard loop's, see docs/muon.md)."""
     muon_gram_ns_restarts: Optional[Tuple[int, ...]] = None
     """With muon_ns_algorithm=gram: the NS steps (1-based) after which X is formed again from its Gram
     iteration; None = after every 3rd step (5 steps: after step 3)."""
