@@ -10,7 +10,7 @@ from megatron_opt.emerging import TensorParallelMuon
 from megatron_opt.emerging.newton_schulz import orthogonalize
 from megatron_opt.emerging.newton_schulz_gram import GramSchedule, default_restarts, gram_iterate, segments
 from megatron_opt.emerging.symmetric_blocks import commuting_product
-from megatron_opt.ns_coefficients import coefficients_for_steps
+from megatron_opt.ns_coefficients import coefficients_for_steps, get_supported_coefficient_types
 
 
 def plain_loop(x: torch.Tensor, triples) -> torch.Tensor:
@@ -50,22 +50,25 @@ def _errors(y: torch.Tensor, oracle: torch.Tensor):
     return d.abs().max().item(), (d.norm() / oracle.norm()).item()
 
 
-@pytest.mark.parametrize("coefficient_type", ["simple", "polar_express"])
+@pytest.mark.parametrize("coefficient_type,steps", [(t, 5) for t in get_supported_coefficient_types() if t != "custom"]
+                         + [("polar_express", 8), ("quintic", 10)])
 @pytest.mark.parametrize("kind", ["random", "illconditioned"])
-def test_fp32_error_within_4x_of_the_standard_loop_and_far_below_bf16(coefficient_type, kind):
-    """The accuracy we state in docs/muon.md, at 256x768 (its large-shape rows need minutes): fp32 error
-    against the same polynomial in float64 is <= 4x the standard fp32 loop's, max and Frobenius."""
+def test_fp32_error_within_4x_of_the_standard_loop_and_far_below_bf16(coefficient_type, steps, kind):
+    """The accuracy we state in docs/muon.md, at 256x768 (its large-shape rows need minutes), for every
+    coefficient set with the default restarts: fp32 error against the same polynomial in float64 is <= 4x
+    the standard fp32 loop's, max and Frobenius."""
     m, n = 256, 768
     x = (torch.randn(m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) if kind == "random"
          else illconditioned(m, n, seed=1))
     x = normalized(x)
-    triples = coefficients_for_steps(coefficient_type, 5)
+    triples = coefficients_for_steps(coefficient_type, steps)
     oracle = plain_loop(x, triples)
     x32 = x.float()
     std_max, std_fro = _errors(orthogonalize(x32, triples), oracle)
-    gram_max, gram_fro = _errors(orthogonalize(x32, triples, gram=GramSchedule()), oracle)
+    gram = GramSchedule(restart_after=default_restarts(steps))
+    gram_max, gram_fro = _errors(orthogonalize(x32, triples, gram=gram), oracle)
     assert gram_max <= 4 * std_max and gram_fro <= 4 * std_fro, (gram_max / std_max, gram_fro / std_fro)
-    assert gram_max < 1e-5  # bf16 NS, torch.optim.Muon's and Megatron's default, is ~1e-2 off here
+    assert gram_max < max(1e-5, 2 * std_max)  # bf16 NS, torch.optim.Muon's and Megatron's default, is ~1e-2 off here
 
 
 def test_the_restart_is_what_keeps_ill_conditioned_input_accurate():
