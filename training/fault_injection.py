@@ -13,6 +13,9 @@ CLI and let a test aim at one rank of a torchrun job:
     with NaN (a fault that only one data-parallel replica sees).
 ``MEGATRON_OPT_FAULT_RANK=R``
     the global rank that misbehaves (default 0).
+``MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S=T``
+    rank 0 waits T seconds before it prints a user error (a slow rank 0, as on a loaded machine), so a
+    test can show that the other ranks do not end the job before the one error line is out.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ KILL_AT_ITER = "MEGATRON_OPT_FAULT_KILL_AT_ITER"
 NAN_GRAD_AT_ITER = "MEGATRON_OPT_FAULT_NAN_GRAD_AT_ITER"
 FAULT_RANK = "MEGATRON_OPT_FAULT_RANK"
 RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+SLOW_ERROR_REPORT_S = "MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S"
 
 
 def _int_env(env: Mapping[str, str], name: str, minimum: int) -> Optional[int]:
@@ -88,3 +92,8 @@ class FaultPlan:
         print(f"fault injection: rank {rank} kills itself (SIGKILL) after iteration {iteration} ({KILL_AT_ITER})",
               file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def error_report_delay_s(env: Mapping[str, str] = os.environ) -> float:
+    """``MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S`` (0 when unset): how long rank 0 stalls before reporting."""
+    return float(_int_env(env, SLOW_ERROR_REPORT_S, 0) or 0)

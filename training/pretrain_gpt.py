@@ -5,12 +5,17 @@
 
 A bad command line prints one ``error: ...`` line and exits with 2 (before any process group is
 created, so every rank stops alike). See docs/training.md.
+
+Only rank 0 prints a user error. torchrun ends the whole job as soon as any rank fails, so the other
+ranks wait (``ERROR_REPORT_GRACE_S``) instead of exiting at once, which could kill rank 0 before its line
+is out; rank 0's exit ends the job first, so the wait is never seen.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import List, Optional
 
 if __package__ in (None, ""):  # run as a script (torchrun training/pretrain_gpt.py): make the repo importable
@@ -23,6 +28,7 @@ from megatron_opt.parallel import ProcessGroupCollection
 from training import checkpoint_glue
 from training.builders import build_data, build_model, build_optimizer
 from training.consistency import check_ranks_agree
+from training.fault_injection import error_report_delay_s
 from training.initialize import destroy_distributed, initialize_distributed, launcher_rank, launcher_world_size, set_seeds
 from training.schedule import scheduler_from_args
 from training.train_loop import Run, train
@@ -54,18 +60,31 @@ def main(argv: List[str]) -> int:
     return code
 
 
+ERROR_REPORT_GRACE_S = 30.0
+"""How long a rank other than 0 stays up after a user error, so that rank 0 can print it (see above)."""
+
+
 def _main_on_this_rank(argv: List[str]) -> Optional[int]:
     """Errors a user can fix are one line from rank 0: ConfigError (run_cli prints it, exit 2), CheckpointError (exit 1)."""
     try:
         return main(argv)
     except ConfigError:
         if launcher_rank() == 0:
+            time.sleep(error_report_delay_s())
             raise
-        return 2
+        return _after_rank0_reported(2)
     except CheckpointError as exc:
         if launcher_rank() == 0:
+            time.sleep(error_report_delay_s())
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+            return 1
+        return _after_rank0_reported(1)
+
+
+def _after_rank0_reported(code: int) -> int:
+    if launcher_world_size() > 1:
+        time.sleep(ERROR_REPORT_GRACE_S)
+    return code
 
 
 if __name__ == "__main__":

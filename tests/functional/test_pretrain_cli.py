@@ -126,14 +126,17 @@ def test_dp2_distributed_optimizer_adam_loss_decreases(tmp_path):
     assert (tmp_path / "p.png").is_file()
 
 
-def _launch(nproc: int, args: list) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+def _launch(nproc: int, args: list, **extra_env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(SCRIPT), *args]
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_invalid_command_line_is_one_line_and_exit_2():
-    proc = _launch(2, [*TINY, "--lr", "1e-3", "--train-iters", "2", "--tensor-model-parallel-size", "3"])
+    # Rank 0 is made slow to report (as on a loaded machine, where CI once lost the line): rank 1 must not
+    # end the job first (torchrun stops every rank when one fails).
+    proc = _launch(2, [*TINY, "--lr", "1e-3", "--train-iters", "2", "--tensor-model-parallel-size", "3"],
+                   MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S="2")
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert errors == ["error: world size 2 is not allowed with --tensor-model-parallel-size=3 and "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_opt.errors import ConfigError
-from training.fault_injection import FaultPlan
+from training.fault_injection import FaultPlan, error_report_delay_s
 
 
 def test_inert_without_environment():
@@ -44,3 +44,10 @@ def test_kill_only_on_first_attempt():
     plan = FaultPlan.from_env({"MEGATRON_OPT_FAULT_KILL_AT_ITER": "2", "TORCHELASTIC_RESTART_COUNT": "1"})
     assert plan.kill_at == 2 and plan.attempt == 1
     plan.kill_if_due(2, 0)  # a restarted attempt is left alone (returns)
+
+
+def test_error_report_delay_is_zero_unless_set_and_refuses_bad_values():
+    assert error_report_delay_s({}) == 0.0
+    assert error_report_delay_s({"MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S": "2"}) == 2.0
+    with pytest.raises(ConfigError, match="MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S='-1' is not allowed"):
+        error_report_delay_s({"MEGATRON_OPT_FAULT_SLOW_ERROR_REPORT_S": "-1"})
